@@ -1,0 +1,91 @@
+"""Plain-torch per-sample linear head whose weights are a linear function of an embedding.
+
+The generator head maps an embedding ``e`` of size ``e_dim`` to a weight matrix
+``W(e) = reshape(A @ e + c, (out, in))``. This module evaluates ``y_b = W(e_b) @ x_b`` without
+building the per-sample weights, via one einsum over ``A`` viewed as ``(out, in, e_dim)``.
+It is the oracle for :mod:`hyperkern.kernels.hyper_linear` and has the same signature.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_hyper_linear_inputs(
+    x: torch.Tensor, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> int:
+    """Validate the arguments of :func:`hyper_linear`; return ``out`` (the output width).
+
+    Raises ``TypeError`` for non-tensors or dtypes other than float32/float64 (all four must
+    share one dtype) and ``ValueError`` for shape or device mismatches.
+    """
+    named = {"x": x, "e": e, "weight": weight, "bias": bias}
+    for name, tensor in named.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float32 or float64, got {tensor.dtype}")
+    for name, tensor in named.items():
+        if tensor.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {tensor.dtype} but x has dtype {x.dtype}")
+        if tensor.device != x.device:
+            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (b, in), got {tuple(x.shape)}")
+    if e.dim() != 2 or e.shape[0] != x.shape[0]:
+        raise ValueError(f"e must have shape (b, e_dim) with b={x.shape[0]}, got {tuple(e.shape)}")
+    in_features, e_dim = x.shape[1], e.shape[1]
+    if in_features < 1 or e_dim < 1:
+        raise ValueError(
+            f"x and e need in >= 1 and e_dim >= 1, got in={in_features}, e_dim={e_dim}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != e_dim or weight.shape[0] % in_features != 0:
+        raise ValueError(
+            f"weight must have shape (out*in, e_dim) = (out*{in_features}, {e_dim}), "
+            f"got {tuple(weight.shape)}"
+        )
+    out_features = weight.shape[0] // in_features
+    if out_features < 1:
+        raise ValueError(f"weight must have at least in={in_features} rows, got {weight.shape[0]}")
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(
+            f"bias must have shape (out*in,) = ({weight.shape[0]},), got {tuple(bias.shape)}"
+        )
+    return out_features
+
+
+def hyper_linear(
+    x: torch.Tensor, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample linear map with generated weights, ``y_b = reshape(A e_b + c) x_b``.
+
+    Args:
+        x: inputs ``(b, in)``.
+        e: per-sample embeddings ``(b, e_dim)``.
+        weight: generator matrix ``A`` of shape ``(out*in, e_dim)``; row ``o*in + i`` generates
+            ``W[o, i]``.
+        bias: generator offset ``c`` of shape ``(out*in,)``.
+
+    Returns:
+        ``y`` of shape ``(b, out)``.
+    """
+    out_features = check_hyper_linear_inputs(x, e, weight, bias)
+    in_features, e_dim = x.shape[1], e.shape[1]
+    a = weight.reshape(out_features, in_features, e_dim)
+    c = bias.reshape(out_features, in_features)
+    return torch.einsum("oid,bd,bi->bo", a, e, x) + x @ c.T
+
+
+def hyper_linear_materialized(
+    x: torch.Tensor, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """Same as :func:`hyper_linear` but builds the per-sample weights ``(b, out, in)`` first.
+
+    The hand-built baseline: ``W_b = reshape(A e_b + c)`` then ``y_b = W_b x_b`` by bmm.
+    Shapes as in :func:`hyper_linear`.
+    """
+    out_features = check_hyper_linear_inputs(x, e, weight, bias)
+    per_sample = (e @ weight.T + bias).reshape(x.shape[0], out_features, x.shape[1])
+    return torch.bmm(per_sample, x.unsqueeze(-1)).squeeze(-1)
