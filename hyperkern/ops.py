@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from hyperkern import reference
 from hyperkern.backend import implementation
 from hyperkern.reference import (
     cantor_keys,
@@ -55,12 +56,13 @@ def sample_tuples(
     n_global: int,
     region: Sequence[int] | None = None,
     generator: torch.Generator | int | None = None,
-    backend: str = "auto",
 ) -> torch.Tensor:
-    """``(B, k, r)`` means -> ``(B, k, S, r)`` int64 tuples (corners, local, global; SPEC §2)."""
+    """``(B, k, r)`` means -> ``(B, k, S, r)`` int64 tuples (corners, local, global; SPEC §2).
+
+    Plain torch on every device (a handful of elementwise ops; no kernel needed).
+    """
     check_tensor("mu", mu, (3,))
-    fn = implementation("sample_tuples", backend, mu.device)
-    return fn(mu, dims, n_local, n_global, region, generator)
+    return reference.sample_tuples(mu, dims, n_local, n_global, region, generator)
 
 
 def duplicate_mask(
@@ -110,7 +112,7 @@ def contract(
     n_out: int,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Sparse W times dense x: ``(B, P)`` rows/cols/values, ``x (b, n_in[, c])`` -> ``(b, n_out[, c])``.
+    """Sparse W times dense x: ``(B, P)`` nonzeros, ``x (b, n_in[, c])`` -> ``(b, n_out[, c])``.
 
     ``B == b`` gives one W per instance, ``B == 1`` one W shared by the batch (SPEC §5).
     """
@@ -120,7 +122,9 @@ def contract(
     for name, t in (("cols", cols), ("vprime", vprime)):
         check_shape(name, t, tuple(rows.shape), "(B, P)")
     if rows.shape[0] not in (1, x.shape[0]):
-        raise ValueError(f"rows must have B = 1 or B = x.shape[0] = {x.shape[0]}, got B = {rows.shape[0]}")
+        raise ValueError(
+            f"rows must have B = 1 or B = x.shape[0] = {x.shape[0]}, got B = {rows.shape[0]}"
+        )
     if P and (int(rows.min()) < 0 or int(rows.max()) >= n_out):
         raise ValueError(f"rows must lie in [0, n_out={n_out})")
     if P and (int(cols.min()) < 0 or int(cols.max()) >= x.shape[1]):
@@ -132,9 +136,8 @@ def contract(
 def densify(
     rows: torch.Tensor, cols: torch.Tensor, vprime: torch.Tensor, n_out: int, n_in: int
 ) -> torch.Tensor:
-    """Dense W ``(B, n_out, n_in)`` from ``(B, P)`` nonzeros (repeats add up). For tests and plots."""
+    """Dense W ``(B, n_out, n_in)`` from ``(B, P)`` nonzeros (repeats add up); tests, plots."""
     B = rows.shape[0]
     flat = torch.zeros(B, n_out * n_in, dtype=vprime.dtype, device=vprime.device)
     flat = flat.scatter_add(1, rows * n_in + cols, vprime)
     return flat.reshape(B, n_out, n_in)
-

@@ -12,6 +12,7 @@ from .keys import (
     linear_fits,
     linear_keys,
     mark_sorted_duplicates,
+    resolve_key_kind,
     tuple_keys,
 )
 from .params import transform_means, transform_sigmas
@@ -32,6 +33,7 @@ __all__ = [
     "log_densities",
     "mark_sorted_duplicates",
     "point_values",
+    "resolve_key_kind",
     "proportions",
     "round_means",
     "row_major_index",

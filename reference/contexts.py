@@ -7,8 +7,9 @@ import torch
 
 def context_count(k: int, context_size: int | None) -> tuple[int, int]:
     """``(contexts per instance, means per context)``; ``None`` means one context of ``k``."""
-    size = k if context_size is None else min(context_size, k)
-    size = max(size, 1)
+    if context_size is not None and context_size < 1:
+        raise ValueError(f"context_size must be None or >= 1, got {context_size}")
+    size = max(k if context_size is None else min(context_size, k), 1)
     return -(-k // size), size
 
 
@@ -25,4 +26,6 @@ def to_contexts(t: torch.Tensor, context_size: int | None, pad_value: float = 0)
 
 def from_contexts(t: torch.Tensor, B: int, k: int) -> torch.Tensor:
     """Inverse of :func:`to_contexts`: ``(B * n_ctx, cs, ...)`` -> ``(B, k, ...)``."""
-    return t.reshape(B, -1, *t.shape[2:])[:, :k]
+    if B == 0:
+        return t.new_empty((0, k, *t.shape[2:]))
+    return t.reshape(B, (t.shape[0] // B) * t.shape[1], *t.shape[2:])[:, :k]

@@ -19,7 +19,7 @@ def row_major_index(points: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 def flatten_tuples(
     points: torch.Tensor, out_shape: Sequence[int], in_shape: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``(..., r)`` tuples of W (``out_shape + in_shape``) into flat ``(row, col)`` indices."""
+    """Split ``(..., r)`` tuples of W (``out_shape + in_shape``) into flat ``(row, col)``."""
     m = len(out_shape)
     return row_major_index(points[..., :m], out_shape), row_major_index(points[..., m:], in_shape)
 

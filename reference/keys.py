@@ -63,8 +63,8 @@ def linear_keys(points: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     return (points * strides_t).sum(-1)
 
 
-def tuple_keys(points: torch.Tensor, dims: Sequence[int], kind: str = "auto") -> torch.Tensor:
-    """Keys for ``(..., r)`` tuples: ``kind`` is ``"cantor"``, ``"linear"`` or ``"auto"``.
+def resolve_key_kind(dims: Sequence[int], kind: str = "auto") -> str:
+    """``"cantor"`` or ``"linear"`` for ``kind`` over ``dims``.
 
     ``"auto"`` takes the Cantor code where it fits int64 for ``dims`` and the linear index
     otherwise. Raises ``ValueError`` when the chosen key cannot fit int64.
@@ -74,19 +74,26 @@ def tuple_keys(points: torch.Tensor, dims: Sequence[int], kind: str = "auto") ->
     if kind == "cantor":
         if not cantor_fits(dims):
             raise ValueError(f"Cantor keys for dims={tuple(dims)} exceed int64")
-        return cantor_keys(points)
+        return kind
     if kind == "linear":
         if not linear_fits(dims):
             raise ValueError(
                 f"index space dims={tuple(dims)} has {math.prod(dims)} tuples, too many for int64"
             )
-        return linear_keys(points, dims)
+        return kind
     raise ValueError(f"key kind must be 'auto', 'cantor' or 'linear', got {kind!r}")
+
+
+def tuple_keys(points: torch.Tensor, dims: Sequence[int], kind: str = "auto") -> torch.Tensor:
+    """Keys for ``(..., r)`` tuples, ``kind`` as in :func:`resolve_key_kind`."""
+    if resolve_key_kind(dims, kind) == "cantor":
+        return cantor_keys(points)
+    return linear_keys(points, dims)
 
 
 def mark_sorted_duplicates(keys: torch.Tensor) -> torch.Tensor:
     """``(C, P)`` keys -> ``(C, P)`` bool, True at every later occurrence of a key per row."""
-    if keys.shape[-1] == 0:
+    if keys.numel() == 0:
         return torch.zeros_like(keys, dtype=torch.bool)
     sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
     repeat = torch.zeros_like(sorted_keys, dtype=torch.bool)
@@ -115,5 +122,5 @@ def duplicate_mask(
     keys = tuple_keys(points, dims, key_kind)  # (B, k, S)
     B, k, S = keys.shape
     ctx = to_contexts(keys, context_size, pad_value=-1)  # (C, cs, S); padding keys are -1
-    repeat = mark_sorted_duplicates(ctx.reshape(ctx.shape[0], -1)).reshape(ctx.shape)
+    repeat = mark_sorted_duplicates(ctx.reshape(ctx.shape[0], ctx.shape[1] * S)).reshape(ctx.shape)
     return from_contexts(repeat, B, k)

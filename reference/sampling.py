@@ -19,7 +19,7 @@ def samples_per_mean(r: int, n_local: int, n_global: int) -> int:
 
 
 def corner_offsets(r: int, device: torch.device | None = None) -> torch.Tensor:
-    """``(2**r, r)`` bool: row ``c`` selects ceil (True) or floor per column (bit ``d`` of ``c``)."""
+    """``(2**r, r)`` bool: row ``c`` picks ceil (True) or floor per column, bit ``d`` of ``c``."""
     codes = torch.arange(2**r, device=device)
     bits = 2 ** torch.arange(r - 1, -1, -1, device=device)
     return (codes.unsqueeze(-1) & bits) > 0
@@ -42,7 +42,7 @@ def _uniform_ints(
     generator: torch.Generator | None,
     device: torch.device,
 ) -> torch.Tensor:
-    """Integers uniform in ``[0, high)`` per last-axis column; ``high`` is ``(r,)`` or broadcasts."""
+    """Integers uniform in ``[0, high)``; ``high`` broadcasts over the last axis."""
     gen_device = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, dtype=torch.float64, device=gen_device)
     u = u.to(device)

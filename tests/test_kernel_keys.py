@@ -1,0 +1,179 @@
+"""Triton key and duplicate-mask kernels (kernels/keys.py) against the plain-torch reference.
+
+Runs the kernels under TRITON_INTERPRET=1 on CPU (tests/conftest.py) or on CUDA when present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hyperkern.kernels.keys import (
+    _cantor_keys_op,
+    _duplicate_mask_op,
+    _linear_keys_op,
+    cantor_keys,
+    duplicate_mask,
+    linear_keys,
+)
+from hyperkern.reference import keys as ref
+from hyperkern.reference.keys import INT64_MAX, cantor_fits, cantor_max, linear_fits
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+
+
+def _points(B, k, S, dims, seed, device=DEVICE):
+    """``(B, k, S, r)`` int64 tuples uniform over ``dims`` (small dims give many repeats)."""
+    g = torch.Generator().manual_seed(seed)
+    cols = [torch.randint(0, d, (B, k, S), generator=g) for d in dims]
+    return torch.stack(cols, -1).to(device)
+
+
+def _exact_cantor(t: tuple[int, ...]) -> int:
+    code = t[-1]
+    for a in reversed(t[:-1]):
+        code = (a + code) * (a + code + 1) // 2 + code
+    return code
+
+
+@pytest.mark.parametrize("dims", [(1,), (7,), (5, 3), (13, 2, 7), (3, 3, 3, 3, 3)])
+def test_keys_match_reference(dims):
+    points = _points(2, 5, 7, dims, seed=len(dims))
+    assert torch.equal(cantor_keys(points), ref.cantor_keys(points))
+    assert torch.equal(linear_keys(points, dims), ref.linear_keys(points, dims))
+
+
+def test_cantor_keys_are_exact_near_the_int64_bound():
+    dims = (2**31, 2**31)  # the largest code is just below 2**63
+    assert cantor_fits(dims) and cantor_max(dims) > 2**62
+    tuples = [(2**31 - 1, 2**31 - 1), (2**31 - 1, 2**31 - 2), (2**24 + 1, 2**24), (0, 2**31 - 1)]
+    points = torch.tensor(tuples, dtype=torch.int64, device=DEVICE)
+    want = torch.tensor([_exact_cantor(t) for t in tuples], dtype=torch.int64)
+    assert torch.equal(cantor_keys(points).cpu(), want)
+    assert int(want.max()) <= INT64_MAX
+
+
+CASES = [  # (B, k, S, dims, context_size)
+    (1, 1, 1, (3,), None),
+    (3, 5, 7, (2, 3), None),
+    (3, 5, 7, (2, 3), 2),
+    (2, 7, 13, (5, 5, 2), 3),
+    (1, 4, 6, (3, 2), 1),
+    (2, 3, 5, (4, 4), 8),
+]
+
+
+@pytest.mark.parametrize("kind", ["auto", "cantor", "linear"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-k{}-S{}-{}-cs{}".format(*c))
+def test_duplicate_mask_matches_reference(case, kind):
+    B, k, S, dims, context_size = case
+    points = _points(B, k, S, dims, seed=B * k * S)
+    got = duplicate_mask(points, dims, context_size, kind)
+    want = ref.duplicate_mask(points, dims, context_size, kind)
+    assert got.dtype == torch.bool and got.shape == (B, k, S)
+    assert torch.equal(got, want)
+
+
+def test_cantor_and_linear_keys_mask_the_same_tuples():
+    dims = (6, 4, 3)
+    points = _points(3, 6, 11, dims, seed=3)
+    cantor = duplicate_mask(points, dims, 4, "cantor")
+    assert cantor.any() and not cantor.all()
+    assert torch.equal(cantor, duplicate_mask(points, dims, 4, "linear"))
+
+
+@pytest.mark.parametrize("context_size", [None, 2])
+def test_all_duplicate_contexts_keep_only_the_first_tuple(context_size):
+    points = torch.full((2, 5, 3, 2), 4, dtype=torch.int64, device=DEVICE)
+    mask = duplicate_mask(points, (7, 7), context_size)
+    first = torch.zeros(2, 5, 3, dtype=torch.bool, device=DEVICE)
+    starts = [0] if context_size is None else [0, 2, 4]
+    first[:, starts, 0] = True
+    assert torch.equal(mask, ~first)
+    assert torch.equal(mask, ref.duplicate_mask(points, (7, 7), context_size))
+
+
+def test_large_dims_fall_back_to_linear_keys():
+    dims = (2**21, 2**21, 2**21)  # Cantor codes overflow int64, the linear index fits
+    assert not cantor_fits(dims) and linear_fits(dims)
+    points = _points(2, 3, 4, (5, 5, 5), seed=1)
+    points[..., 0] += 2**21 - 5  # big coordinates in the first column
+    points[1, 2] = points[1, 0]  # a repeat across means
+    mask = duplicate_mask(points, dims)
+    assert mask[1, 2].all()
+    assert torch.equal(mask, ref.duplicate_mask(points, dims, key_kind="linear"))
+    with pytest.raises(ValueError, match="Cantor keys for dims"):
+        duplicate_mask(points, dims, key_kind="cantor")
+    with pytest.raises(ValueError, match="too many for int64"):
+        duplicate_mask(points, (2**32, 2**32, 2**32), key_kind="auto")
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0)])
+def test_empty_inputs_give_empty_masks(shape):
+    points = torch.zeros(*shape, 2, dtype=torch.int64, device=DEVICE)
+    mask = duplicate_mask(points, (3, 3), context_size=2)
+    assert mask.shape == shape and mask.dtype == torch.bool
+
+
+def test_runs_are_bitwise_equal():
+    points = _points(3, 7, 13, (3, 4), seed=2)
+    assert torch.equal(duplicate_mask(points, (3, 4), 3), duplicate_mask(points, (3, 4), 3))
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "name"),
+    [
+        ((torch.zeros(1, 2, 3, 2), (3, 3)), TypeError, "points"),
+        ((torch.zeros(2, 3, 2, dtype=torch.int64), (3, 3)), ValueError, "points"),
+        ((torch.zeros(1, 2, 3, 2, dtype=torch.int64), (3, 3, 3)), ValueError, "dims"),
+        ((torch.zeros(1, 2, 3, 2, dtype=torch.int64), (3, 3), 0), ValueError, "context_size"),
+        ((torch.zeros(1, 2, 3, 2, dtype=torch.int64), (3, 3), None, "hash"), ValueError, "kind"),
+    ],
+)
+def test_bad_inputs_raise_naming_the_argument(args, error, name):
+    args = tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args)
+    with pytest.raises(error, match=name):
+        duplicate_mask(*args)
+
+
+def test_opcheck_custom_ops():
+    points = _points(2, 3, 4, (3, 2), seed=4)
+    torch.library.opcheck(_cantor_keys_op, (points,))
+    torch.library.opcheck(_linear_keys_op, (points, [3, 2]))
+    torch.library.opcheck(_duplicate_mask_op, (points, [3, 2], 2, "cantor"))
+
+
+def test_compiles_without_graph_breaks():
+    points = _points(2, 3, 4, (3, 2), seed=5)
+    compiled = torch.compile(lambda p: duplicate_mask(p, (3, 2), 2), fullgraph=True,
+                             backend="aot_eager")  # fmt: skip
+    assert torch.equal(compiled(points), ref.duplicate_mask(points, (3, 2), 2))
+
+
+@settings(max_examples=10, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    k=st.integers(1, 6),
+    S=st.integers(1, 9),
+    dims=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    context_size=st.one_of(st.none(), st.integers(1, 7)),
+    kind=st.sampled_from(["auto", "cantor", "linear"]),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_reference(B, k, S, dims, context_size, kind, seed):
+    points = _points(B, k, S, dims, seed)
+    got = duplicate_mask(points, dims, context_size, kind)
+    assert torch.equal(got, ref.duplicate_mask(points, dims, context_size, kind))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (the interpreter covers CPU above)")
+@pytest.mark.parametrize("context_size", [None, 7])
+def test_cuda_larger_sizes(context_size):
+    dims = (31, 17, 5)
+    points = _points(8, 64, 12, dims, seed=6)
+    for kind in ("cantor", "linear"):
+        want = ref.duplicate_mask(points, dims, context_size, kind)
+        assert torch.equal(duplicate_mask(points, dims, context_size, kind), want)
