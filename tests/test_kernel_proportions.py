@@ -1,0 +1,296 @@
+"""Streaming proportions kernels (kernels/proportions.py) against reference/proportions.py.
+
+On CPU the kernels run in the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
+sizes stay small; the same tests run on CUDA when a device is present.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hyperkern.kernels.proportions import (
+    proportions,
+    proportions_backward,
+    proportions_bwd,
+    proportions_forward,
+    proportions_fwd,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hyperkern import reference as ref
+
+HAS_CUDA = torch.cuda.is_available()
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICES = [
+    pytest.param(
+        "cpu",
+        marks=pytest.mark.skipif(
+            not INTERPRETING, reason="TRITON_INTERPRET is off (CUDA present): CPU tensors can't run"
+        ),
+    ),
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: the CPU variant covers it"),
+        ],
+    ),
+]
+TOLERANCE = {torch.float64: (1e-9, 1e-10), torch.float32: (2e-4, 2e-5)}  # (rtol, atol)
+
+
+def make_problem(
+    B: int, k: int, S: int, r: int, dtype: torch.dtype, device: str, seed: int,
+    context_size: int | None = None, spread: int = 5, sigma_scale: float = 1.0,
+):  # fmt: skip
+    """Random points in ``[0, spread)^r`` with their duplicate mask, means, variances, values."""
+    gen = torch.Generator().manual_seed(seed)
+    points = torch.randint(0, spread, (B, k, S, r), generator=gen)
+    mu = torch.rand(B, k, r, generator=gen, dtype=torch.float64) * spread
+    sigma = (0.2 + 2 * torch.rand(B, k, r, generator=gen, dtype=torch.float64)) * sigma_scale
+    values = torch.randn(B, k, generator=gen, dtype=torch.float64)
+    if points.numel():
+        dup = ref.duplicate_mask(points, (spread,) * r, context_size)
+    else:  # the reference duplicate_mask cannot reshape an empty batch
+        dup = torch.zeros(B, k, S, dtype=torch.bool)
+    grad = torch.randn(B, k, S, generator=gen, dtype=torch.float64)
+    floats = [t.to(device=device, dtype=dtype) for t in (mu, sigma, values, grad)]
+    return points.to(device), *floats[:3], dup.to(device), floats[3]
+
+
+def run(fn, points, mu, sigma, values, dup, grad, **sizes):
+    """``fn``'s output and its gradients to (mu, sigma, values) under upstream gradient ``grad``."""
+    leaves = [t.detach().clone().requires_grad_() for t in (mu, sigma, values)]
+    out = fn(points, *leaves, dup, **sizes)
+    grads = (
+        torch.autograd.grad(out, leaves, grad)
+        if out.numel()
+        else [torch.zeros_like(t) for t in leaves]
+    )
+    return out.detach(), [g.detach() for g in grads]
+
+
+def assert_matches_reference(points, mu, sigma, values, dup, grad, **sizes):
+    """Kernel in the inputs' dtype vs reference in float64 on the same (rounded) inputs."""
+    rtol, atol = TOLERANCE[mu.dtype]
+    out, grads = run(proportions, points, mu, sigma, values, dup, grad, **sizes)
+    up = [t.double() for t in (mu, sigma, values)]
+    want, want_grads = run(ref.proportions, points, *up, dup, grad.double(), **sizes)
+    assert out.dtype == mu.dtype and out.shape == dup.shape
+    names = ("v'", "dmu", "dsigma", "dvalues")
+    for name, got, exp in zip(names, [out, *grads], [want, *want_grads], strict=True):
+        assert torch.isfinite(got).all(), name
+        scale = max(1.0, exp.abs().max().item()) if exp.numel() else 1.0
+        torch.testing.assert_close(got.double(), exp, rtol=rtol, atol=atol * scale, msg=name)
+
+
+CASES = [  # B, k, S, r, context_size, chunk_size
+    (1, 1, 1, 1, None, None),
+    (1, 2, 3, 2, None, None),
+    (3, 7, 5, 3, 3, None),
+    (2, 13, 4, 2, None, 5),
+    (2, 13, 3, 1, 3, 2),
+    (1, 13, 5, 2, 1, None),
+    (3, 7, 2, 2, None, 2),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed, case", list(enumerate(CASES)), ids=str)
+def test_float64_matches_reference(seed, case, device):
+    B, k, S, r, cs, chunk = case
+    problem = make_problem(B, k, S, r, torch.float64, device, seed, context_size=cs)
+    assert_matches_reference(*problem, context_size=cs, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[4]], ids=str)
+def test_float32_matches_reference(case, device):
+    B, k, S, r, cs, chunk = case
+    problem = make_problem(B, k, S, r, torch.float32, device, seed=7, context_size=cs)
+    assert_matches_reference(*problem, context_size=cs, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_chunked_equals_unchunked(device):
+    points, mu, sigma, values, dup, _ = make_problem(2, 11, 3, 2, torch.float64, device, seed=3)
+    whole = proportions(points, mu, sigma, values, dup)
+    for chunk in (1, 4):
+        chunked = proportions(points, mu, sigma, values, dup, chunk_size=chunk)
+        torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_splits", [2, 3])
+def test_split_points_match_reference(n_splits, device):
+    """Per-mean passes with a context's points shared by several programs (GPU occupancy)."""
+    points, mu, sigma, values, dup, grad = make_problem(2, 13, 5, 2, torch.float64, device, seed=5)
+    out, lognorm = proportions_forward(points, mu, sigma, values, dup, 13, 13, n_splits=n_splits)
+    grads = proportions_backward(
+        grad, points, mu, sigma, values, dup, lognorm, 13, n_splits=n_splits
+    )
+    want, want_grads = run(ref.proportions, points, mu, sigma, values, dup, grad)
+    for got, exp in zip([out, *grads], [want, *want_grads], strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_all_duplicate_contexts(device):
+    """Every point of an instance is the same tuple: each mean's whole value lands on it."""
+    points, mu, sigma, values, _, grad = make_problem(2, 5, 3, 2, torch.float64, device, seed=11)
+    points = torch.full_like(points, 2)
+    dup = ref.duplicate_mask(points, (5, 5), context_size=2)
+    assert dup.sum() == dup.numel() - 2 * 3  # one kept point per context
+    assert_matches_reference(points, mu, sigma, values, dup, grad, context_size=2)
+    out = proportions(points, mu, sigma, values, dup, context_size=2)
+    kept = out[~dup].reshape(2, 3)
+    padded = torch.nn.functional.pad(values, (0, 1)).reshape(2, 3, 2).sum(-1)
+    torch.testing.assert_close(kept, padded)
+    assert (out[dup] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fully_masked_instance_contributes_nothing(device):
+    points, mu, sigma, values, dup, grad = make_problem(2, 4, 3, 2, torch.float64, device, seed=2)
+    dup[1] = True
+    out, grads = run(proportions, points, mu, sigma, values, dup, grad)
+    assert (out[1] == 0).all()
+    assert all((g[1] == 0).all() for g in grads)
+    assert_matches_reference(points, mu, sigma, values, dup, grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, scale", [(torch.float64, 1e-6), (torch.float32, 1e-3)])
+def test_tiny_sigmas_stay_finite(dtype, scale, device):
+    """Far points underflow in linear space; log space keeps v' and gradients finite."""
+    problem = make_problem(1, 6, 4, 2, dtype, device, seed=13, spread=9, sigma_scale=scale)
+    assert_matches_reference(*problem)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(0, 3, 2, 2), (2, 3, 0, 2)], ids=str)
+def test_empty_inputs(shape, device):
+    problem = make_problem(*shape, torch.float64, device, seed=0)
+    out, grads = run(proportions, *problem)
+    assert out.shape == shape[:3]
+    assert [g.shape for g in grads] == [shape[:2] + shape[3:]] * 2 + [shape[:2]]
+    assert all((g == 0).all() for g in grads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(
+    B=st.integers(1, 3),  # B = 0 is test_empty_inputs (the reference cannot take it)
+    k=st.integers(1, 8),
+    S=st.integers(1, 4),
+    r=st.integers(1, 3),
+    context_size=st.none() | st.integers(1, 9),
+    chunk_size=st.none() | st.integers(1, 9),
+    double=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_reference(device, B, k, S, r, context_size, chunk_size, double, seed):
+    dtype = torch.float64 if double else torch.float32
+    problem = make_problem(B, k, S, r, dtype, device, seed, context_size=context_size)
+    assert_matches_reference(*problem, context_size=context_size, chunk_size=chunk_size)
+
+
+def test_reference_gradients_are_sound():
+    """The oracle's own gradients, checked numerically, so matching them means something."""
+    points, mu, sigma, values, dup, _ = make_problem(1, 5, 3, 2, torch.float64, "cpu", seed=4)
+    leaves = [t.requires_grad_() for t in (mu, sigma, values)]
+    assert torch.autograd.gradcheck(
+        lambda m, s, v: ref.proportions(points, m, s, v, dup, context_size=2), leaves
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_custom_ops_pass_opcheck(device):
+    """Schema, fake (meta) implementation and autograd registration of both custom ops."""
+    points, mu, sigma, values, dup, grad = make_problem(1, 3, 2, 2, torch.float64, device, seed=6)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    leaves = [t.requires_grad_() for t in (mu, sigma, values)]
+    torch.library.opcheck(proportions_fwd, (points, *leaves, dup, 2, 1), test_utils=utils)
+    lognorm = proportions_fwd(points, mu, sigma, values, dup, 2, 1)[1]
+    assert not lognorm.requires_grad
+    args = (grad, points, mu.detach(), sigma.detach(), values.detach(), dup, lognorm, 2)
+    torch.library.opcheck(proportions_bwd, args, test_utils=utils)
+
+
+def _loss(points, mu, sigma, values, dup):
+    return (proportions(points, mu, sigma, values, dup, context_size=2, chunk_size=1) ** 2).sum()
+
+
+def _compiled_matches_eager(device: str, backend: str) -> None:
+    points, mu, sigma, values, dup, _ = make_problem(2, 5, 3, 2, torch.float64, device, seed=8)
+    compiled = torch.compile(_loss, fullgraph=True, backend=backend)
+    leaves = [t.requires_grad_() for t in (mu, sigma, values)]
+    got = compiled(points, *leaves, dup)
+    got_grads = torch.autograd.grad(got, leaves)
+    want = _loss(points, *leaves, dup)
+    want_grads = torch.autograd.grad(want, leaves)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need the Triton interpreter")
+def test_compile_fullgraph_cpu():
+    """fullgraph tracing through the custom ops; aot_eager because inductor's C++ build is slow."""
+    torch._dynamo.reset()
+    _compiled_matches_eager("cpu", "aot_eager")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device for inductor")
+def test_compile_fullgraph_cuda_inductor():
+    torch._dynamo.reset()
+    _compiled_matches_eager("cuda", "inductor")
+
+
+def _good_args():
+    points, mu, sigma, values, dup, _ = make_problem(1, 3, 2, 2, torch.float64, "cpu", seed=0)
+    return [points, mu, sigma, values, dup]
+
+
+@pytest.mark.parametrize(
+    "index, bad, error, match",
+    [
+        (0, torch.zeros(1, 3, 2, dtype=torch.int64), ValueError, r"points must have shape"),
+        (0, torch.zeros(1, 3, 2, 2, dtype=torch.bool), TypeError, "points must be an integer"),
+        (1, torch.zeros(1, 3, 2, dtype=torch.float16), TypeError, "mu must be float32"),
+        (
+            1,
+            torch.zeros(1, 3, 3, dtype=torch.float64),
+            ValueError,
+            r"mu must have shape \(B, k, r\)",
+        ),
+        (2, torch.ones(1, 3, 2, dtype=torch.float32), TypeError, "sigma must have the dtype"),
+        (2, torch.ones(1, 3, dtype=torch.float64), ValueError, r"sigma must have shape"),
+        (3, torch.ones(1, 4, dtype=torch.float64), ValueError, r"values must have shape \(B, k\)"),
+        (4, torch.zeros(1, 3, 2), TypeError, "duplicates must be a bool"),
+        (4, torch.zeros(1, 3, 3, dtype=torch.bool), ValueError, r"duplicates must have shape"),
+        (3, [1.0, 2.0, 3.0], TypeError, "values must be a torch.Tensor"),
+    ],
+)
+def test_bad_inputs_name_the_argument(index, bad, error, match):
+    args = _good_args()
+    args[index] = bad
+    with pytest.raises(error, match=match):
+        proportions(*args)
+
+
+@pytest.mark.parametrize(
+    "sizes, error, match",
+    [
+        ({"context_size": 0}, ValueError, "context_size must be >= 1"),
+        ({"chunk_size": -2}, ValueError, "chunk_size must be >= 1"),
+        ({"chunk_size": 1.5}, TypeError, "chunk_size must be an int"),
+    ],
+)
+def test_bad_sizes_name_the_argument(sizes, error, match):
+    with pytest.raises(error, match=match):
+        proportions(*_good_args(), **sizes)
