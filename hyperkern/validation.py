@@ -13,7 +13,8 @@ BACKENDS = ("auto", "torch", "triton")
 
 
 def check_tensor(name: str, t: object, ndims: Sequence[int], floating: bool = True) -> None:
-    """Raise ``TypeError`` unless ``t`` is a tensor (floating if asked) of one of ``ndims`` ranks."""
+    """``TypeError`` unless ``t`` is a tensor (floating if asked); ``ValueError`` unless its rank
+    is one of ``ndims``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if floating and not t.is_floating_point():
@@ -59,7 +60,9 @@ def check_region(region: object, dims: tuple[int, ...]) -> tuple[int, ...] | Non
         return None
     region = tuple(region)  # type: ignore[arg-type]
     if len(region) != len(dims):
-        raise ValueError(f"region must have one size per dimension of W ({len(dims)}), got {region}")
+        raise ValueError(
+            f"region must have one size per dimension of W ({len(dims)}), got {region}"
+        )
     for d, (size, dim) in enumerate(zip(region, dims, strict=True)):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"region[{d}] must be a positive int, got {size!r}")
@@ -76,13 +79,18 @@ def check_index_space(dims: tuple[int, ...]) -> None:
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
+    """Eager only: under ``torch.compile`` the data-dependent check would break the graph."""
+    if torch.compiler.is_compiling():
+        return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf; parameters must be finite")
 
 
 def check_generator(generator: object) -> None:
     if generator is not None and not isinstance(generator, (int, torch.Generator)):
-        raise TypeError(f"generator must be None, an int seed or a torch.Generator, got {generator!r}")
+        raise TypeError(
+            f"generator must be None, an int seed or a torch.Generator, got {generator!r}"
+        )
 
 
 def check_backend(backend: object) -> None:

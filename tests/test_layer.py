@@ -105,10 +105,16 @@ def test_eval_mode_rounds_means_and_carries_full_values():
 
 def test_context_size_and_chunk_size_run_and_chunks_match():
     x = torch.randn(4, 10, dtype=torch.float64)
-    means, sigmas, values = (torch.randn(4, 9, 2, dtype=torch.float64), torch.randn(4, 9, dtype=torch.float64),
-                             torch.randn(4, 9, dtype=torch.float64))  # fmt: skip
+    f64 = dict(dtype=torch.float64)
+    means, sigmas, values = (
+        torch.randn(4, 9, 2, **f64),
+        torch.randn(4, 9, **f64),
+        torch.randn(4, 9, **f64),
+    )
     base = sparse_layer(x, means, sigmas, values, (8,), context_size=4, generator=3)
-    chunked = sparse_layer(x, means, sigmas, values, (8,), context_size=4, chunk_size=3, generator=3)
+    chunked = sparse_layer(
+        x, means, sigmas, values, (8,), context_size=4, chunk_size=3, generator=3
+    )
     assert torch.allclose(base, chunked)
 
 
@@ -117,7 +123,8 @@ def test_nan_in_x_propagates_to_the_outputs_it_touches():
     means = _logit_of_index(torch.tensor([[1, 1], [2, 2]]), dims)
     x = torch.randn(2, 4, dtype=torch.float64)
     x[0, 1] = float("nan")
-    y = sparse_layer(x, means, torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64),
+    ones = torch.ones(2, dtype=torch.float64)
+    y = sparse_layer(x, means, ones, ones,
                      (4,), training=False)  # fmt: skip
     assert torch.isnan(y[0, 1]) and torch.isfinite(y[0, 2]) and torch.isfinite(y[1]).all()
 
