@@ -2,7 +2,8 @@
 
 The generator head maps an embedding ``e`` of size ``e_dim`` to a weight matrix
 ``W(e) = reshape(A @ e + c, (out, in))``. This module evaluates ``y_b = W(e_b) @ x_b`` without
-building the per-sample weights, via one einsum over ``A`` viewed as ``(out, in, e_dim)``.
+building the per-sample weights ``(b, out, in)``: ``y = (x ⊗ e) @ A'^T + x @ C^T`` with ``A``
+viewed as ``A' (out, in·e_dim)``; the only intermediate is ``x ⊗ e`` of shape ``(b, in·e_dim)``.
 It is the oracle for :mod:`hyperkern.kernels.hyper_linear` and has the same signature.
 """
 
@@ -72,10 +73,14 @@ def hyper_linear(
         ``y`` of shape ``(b, out)``.
     """
     out_features = check_hyper_linear_inputs(x, e, weight, bias)
-    in_features, e_dim = x.shape[1], e.shape[1]
-    a = weight.reshape(out_features, in_features, e_dim)
+    batch, in_features = x.shape
+    e_dim = e.shape[1]
+    # x_b ⊗ e_b (b, in·e_dim) is the GEMM operand, A viewed as (out, in·e_dim). Contracting A with
+    # e first, as einsum("oid,bd,bi->bo") may, would build the per-sample weights (b, out·in).
+    outer = (x[:, :, None] * e[:, None, :]).reshape(batch, in_features * e_dim)
+    a = weight.reshape(out_features, in_features * e_dim)
     c = bias.reshape(out_features, in_features)
-    return torch.einsum("oid,bd,bi->bo", a, e, x) + x @ c.T
+    return outer @ a.T + x @ c.T
 
 
 def hyper_linear_materialized(

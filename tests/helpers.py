@@ -8,8 +8,14 @@ from hyperkern import reference as ref
 
 
 def random_problem(
-    B: int, k: int, dims: tuple[int, ...], n_local: int = 2, n_global: int = 2, seed: int = 0,
-    dtype: torch.dtype = torch.float64, context_size: int | None = None,
+    B: int,
+    k: int,
+    dims: tuple[int, ...],
+    n_local: int = 2,
+    n_global: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    context_size: int | None = None,
 ):
     """Sampled points, means, variances, values and duplicate mask for one random layer."""
     gen = torch.Generator().manual_seed(seed)
