@@ -1,0 +1,222 @@
+"""Peak memory, device bandwidth, bytes moved and the shared benchmark runner.
+
+Peak memory is the memory an op allocates on top of what exists before it runs (its outputs,
+temporaries and, for training steps, the tensors autograd saves):
+
+- CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus the
+  allocated bytes before the call (method ``"cuda_max_memory_allocated"``).
+- CPU: torch has no public CPU allocator statistics and ``tracemalloc`` does not see torch's
+  allocations, so we measure the process's peak resident set: ``malloc_trim`` returns freed heap
+  pages to the OS, writing ``5`` to ``/proc/self/clear_refs`` resets the kernel's high-water mark
+  ``VmHWM``, and the peak is ``VmHWM`` after the call minus ``VmRSS`` before it (method
+  ``"rss_hwm"``). Trimming first matters: freed heap pages that glibc keeps would otherwise be
+  reused without raising the RSS. Allocations of a few MB and less drown in the allocator's
+  noise (about 4 MB).
+  Where ``clear_refs`` cannot be written we fall back to the growth of ``ru_maxrss`` (method
+  ``"ru_maxrss_growth"``), which only sees new process-wide peaks: a lower bound.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _libc()
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Measures the peak bytes one call allocates on ``device`` (see the module docstring)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            self.method = "cuda_max_memory_allocated"
+        elif _proc_status_bytes("VmHWM") is not None and _reset_rss_peak():
+            self.method = "rss_hwm"
+        else:
+            self.method = "ru_maxrss_growth"
+
+    def measure(self, fn: Callable[[], Any]) -> tuple[Any, int]:
+        """Run ``fn()`` once; return its result and the peak bytes it allocated."""
+        if self.device.type == "cuda":
+            synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = torch.cuda.memory_allocated(self.device)
+            result = fn()
+            synchronize(self.device)
+            return result, torch.cuda.max_memory_allocated(self.device) - base
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+        if self.method == "rss_hwm":
+            _reset_rss_peak()
+            base = _proc_status_bytes("VmRSS") or 0
+            result = fn()
+            peak = (_proc_status_bytes("VmHWM") or 0) - base
+        else:
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            result = fn()
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        return result, max(peak, 0)
+
+
+def copy_seconds(device: torch.device, nbytes: int, repeats: int = 5) -> float:
+    """Best time of ``repeats`` device-to-device copies of ``nbytes`` bytes."""
+    n = nbytes // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_bandwidth(device: torch.device, nbytes: int) -> float:
+    """Device memory bandwidth in GB/s (1e9 bytes): a copy reads and writes ``nbytes`` each."""
+    return 2 * nbytes / copy_seconds(device, nbytes) / 1e9
+
+
+def contraction_bytes(
+    B: int, P: int, b: int, n_in: int, n_out: int, value_bytes: int, index_bytes: int = 8
+) -> dict[str, int]:
+    """Bytes an ideal contraction must move (SPEC §5): values + indices + x + y.
+
+    Forward reads ``(B, P)`` values, rows and cols and ``x (b, n_in)``, writes ``y (b, n_out)``.
+    Backward reads ``dy``, the nonzeros and ``x``, writes ``dx (b, n_in)`` and ``dv' (B, P)``.
+    """
+    nonzeros = B * P * (value_bytes + 2 * index_bytes)
+    x = b * n_in * value_bytes
+    y = b * n_out * value_bytes
+    forward = nonzeros + x + y
+    backward = y + nonzeros + x + x + B * P * value_bytes
+    return {"forward": forward, "backward": backward, "forward_backward": forward + backward}
+
+
+def run_benchmark(
+    benchmark: Any,
+    fn: Callable[[], Any],
+    *,
+    group: str,
+    case: Any,
+    impl: str,
+    device: torch.device,
+    rounds: int,
+    tracker: PeakMemory,
+    extra: dict[str, Any] | None = None,
+    bytes_moved: int | None = None,
+    bandwidth_gbps: float | None = None,
+) -> Any:
+    """Measure peak memory once, time ``fn`` for ``rounds`` rounds, fill ``extra_info``.
+
+    Returns ``fn``'s result from the memory run (for correctness checks).
+    """
+
+    def call() -> Any:
+        out = fn()
+        synchronize(device)
+        return out
+
+    benchmark.group = f"{group} / {case.sweep}"
+    if device.type == "cuda" and not getattr(benchmark, "disabled", False):
+        call()  # JIT compilation and autotuning stay out of the memory and time numbers
+    result, peak = tracker.measure(call)
+    info = benchmark.extra_info
+    info.update(case.info())
+    info.update(extra or {})
+    info.update(
+        op=group, impl=impl, device=str(device), peak_mem_bytes=int(peak),
+        mem_method=tracker.method, threads=torch.get_num_threads(),
+    )  # fmt: skip
+    benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
+    stats = getattr(benchmark, "stats", None)
+    best = stats.stats.min if stats is not None else None
+    if bytes_moved is not None:
+        info["bytes_moved"] = int(bytes_moved)
+        if best:
+            info["gbps"] = bytes_moved / best / 1e9
+            if bandwidth_gbps:
+                info["bandwidth_gbps"] = bandwidth_gbps
+                info["bw_fraction"] = info["gbps"] / bandwidth_gbps
+    return result
+
+
+def triton_or_skip(name: str, device: torch.device) -> Callable:
+    """hyperkern's Triton kernel ``name``; skips the benchmark without a CUDA device.
+
+    On CUDA a missing kernel export raises (a benchmark must not hide a missing feature).
+    """
+    if device.type != "cuda":
+        pytest.skip("needs CUDA")
+    from hyperkern.backend import implementation
+
+    return implementation(name, "triton", device)
+
+
+def fits_or_skip(nbytes: int, device: torch.device, what: str) -> None:
+    """Skip when ``what`` needs more than half the device's memory (``nbytes`` estimated)."""
+    if device.type == "cuda":
+        limit = torch.cuda.get_device_properties(device).total_memory // 2
+    else:
+        limit = _mem_total() // 2
+    if nbytes > limit:
+        need, have = nbytes / 2**30, limit / 2**30
+        pytest.skip(f"does not fit: {what} needs ~{need:.1f} GiB > {have:.1f} GiB")
+
+
+def _mem_total() -> int:
+    """Physical memory in bytes (8 GiB where /proc/meminfo cannot be read)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30

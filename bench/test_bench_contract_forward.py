@@ -1,0 +1,59 @@
+"""Contraction forward (SPEC §5) and the roofline copy.
+
+Implementations: hyperkern Triton, plain torch (gather + scatter_add), ``index_add``, and
+``torch.sparse.mm`` on COO and CSR (the sparse matrix is built inside the timed call: the
+nonzeros change every training step). Each result carries its bytes-moved bound (values +
+indices + x + y) and the fraction of the measured copy bandwidth it reaches.
+Sweeps: nonzeros (shared W), batch (one W per instance), in/out size.
+"""
+
+import pytest
+import torch
+from inputs import contraction_inputs
+from measure import contraction_bytes, fits_or_skip, run_benchmark, synchronize
+from peers import contraction_fn
+from sweeps import bandwidth_bytes, total_nonzeros
+
+from hyperkern import reference
+
+HK_GROUP = "contract_forward"
+IMPLS = ["triton", "torch", "index_add", "coo", "csr"]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_contract_forward(
+    benchmark, impl, hk_case, hk_device, hk_rounds, hk_memory, hk_bandwidth, hk_generator
+):
+    fn = contraction_fn(impl, hk_device)
+    if impl in ("torch", "index_add"):  # both gather a (b, nnz) copy of x, plus autograd buffers
+        fits_or_skip(16 * hk_case.b * hk_case.nnz, hk_device, "(b, nnz) gathered x")
+    rows, cols, vprime, x, _ = contraction_inputs(hk_case, hk_device, hk_generator)
+    moved = contraction_bytes(rows.shape[0], hk_case.nnz, hk_case.b, hk_case.n_in,
+                              hk_case.n_out, vprime.element_size())["forward"]  # fmt: skip
+    result = run_benchmark(
+        benchmark, lambda: fn(rows, cols, vprime, x, hk_case.n_out), group="contract forward",
+        case=hk_case, impl=impl, device=hk_device, rounds=hk_rounds, tracker=hk_memory,
+        extra={"total_nnz": total_nonzeros(hk_case)}, bytes_moved=moved,
+        bandwidth_gbps=hk_bandwidth,
+    )  # fmt: skip
+    if impl != "torch" and total_nonzeros(hk_case) <= 2**16:
+        expected = reference.contract(rows, cols, vprime, x, hk_case.n_out)
+        torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_copy_bandwidth(benchmark, hk_device, hk_scale, hk_rounds, hk_bandwidth):
+    """The roofline's denominator: a device-to-device copy (reads and writes ``nbytes``)."""
+    nbytes = bandwidth_bytes(hk_scale)
+    src = torch.ones(nbytes // 4, device=hk_device)
+    dst = torch.empty_like(src)
+
+    def copy():
+        dst.copy_(src)
+        synchronize(hk_device)
+
+    benchmark.group = "roofline / copy"
+    benchmark.extra_info.update(op="roofline", impl="copy", sweep="bytes", x=nbytes,
+                                bytes_moved=2 * nbytes, bandwidth_gbps=hk_bandwidth)  # fmt: skip
+    benchmark.pedantic(copy, rounds=hk_rounds, iterations=1, warmup_rounds=1)
+    assert torch.equal(dst, src)
+    assert hk_bandwidth > 0
