@@ -1,0 +1,347 @@
+"""Attention on 100x100 cluttered MNIST (paper section 3.2, Table 1, Fig. 4).
+
+A source ConvNet (paper Table 2) reads the image and gives, per glimpse, a box ``(y0, x0, y1,
+x1)`` in raw (pre-sigmoid) coordinates. ``s x s`` equally spaced points of the box are the means
+of the glimpse's sparse hyperlayer, learned only along the input-position columns ``(h, w)``;
+the sigmoid and the rescaling to ``[0, 99]`` come afterwards. Every output pixel has exactly one
+incoming connection: each mean spreads its glimpse's shared value over its own sampled integer
+tuples only (``context_size=1``). One learned raw sigma and one value per glimpse. The glimpses
+are flattened, concatenated and classified by a 2-layer MLP (128 ReLU units, 10 outputs).
+
+``--model convnet`` trains the plain baseline: the same ConvNet with a 10-way output layer.
+Loss (paper): binary cross-entropy between the softmax output and the one-hot class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hyperkern.experiments.common import (
+    CSVLogger,
+    load_checkpoint,
+    plot_curves,
+    progress,
+    read_csv,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+)
+
+MODELS = {"glimpse1": (1, 32), "glimpse8": (8, 12)}  # name -> (glimpses, glimpse side)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Attention-specific flags (the dispatcher adds seed, device, out, resume, eval-every)."""
+    parser.add_argument(
+        "--model", choices=[*MODELS, "convnet"], default="glimpse1",
+        help="glimpse1: 1 glimpse of 32x32; glimpse8: 8 of 12x12; convnet: plain baseline",
+    )  # fmt: skip
+    parser.add_argument("--glimpses", type=int, default=None, help="override the model's count")
+    parser.add_argument("--glimpse-size", type=int, default=None, help="override the side s")
+    parser.add_argument("--epochs", type=int, default=70)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--n-local", type=int, default=32, help="a_l")
+    parser.add_argument("--n-global", type=int, default=16, help="a_g")
+    parser.add_argument("--region", type=int, nargs=2, default=[20, 20])
+    parser.add_argument("--train-size", type=int, default=60_000, help="training images")
+    parser.add_argument("--test-size", type=int, default=10_000, help="test images")
+    parser.add_argument("--canvas", type=int, default=100, help="image side")
+    parser.add_argument("--data-seed", type=int, default=0, help="cluttered-MNIST seed")
+    parser.add_argument("--cache-dir", type=str, default=None, help="data cache folder")
+    parser.add_argument("--loss", choices=["bce", "ce"], default="bce")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="steps")
+    parser.add_argument("--time-limit", type=float, default=None, help="stop after N s")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--width", type=float, default=1.0, help="ConvNet channel multiplier")
+
+
+class SourceConvNet(nn.Module):
+    """Paper Table 2: ``(b, 1, H, W)`` -> ``(b, n_out)`` (conv 32,32, pool 4, conv 64,64, pool 2,
+    conv 128,128, linear 512, 512, n_out); ``width`` scales the channel counts."""
+
+    def __init__(self, n_out: int, canvas: int = 100, width: float = 1.0) -> None:
+        super().__init__()
+        c1, c2, c3 = (max(1, round(c * width)) for c in (32, 64, 128))
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.Conv2d(c1, c1, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(4),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.Conv2d(c3, c3, 3, padding=1), nn.ReLU(),
+            nn.Flatten(),
+        )  # fmt: skip
+        side = canvas // 4 // 2
+        self.head = nn.Sequential(
+            nn.Linear(c3 * side * side, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+            nn.Linear(512, n_out),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class GlimpseNet(nn.Module):
+    """Glimpses as sparse hyperlayers + MLP classifier. ``forward(x (b, 1, H, W)) -> (b, 10)``."""
+
+    def __init__(
+        self,
+        glimpses: int,
+        size: int,
+        canvas: int = 100,
+        n_local: int = 32,
+        n_global: int = 16,
+        region: tuple[int, int] = (20, 20),
+        sigma_scale: float = 0.1,
+        min_sigma: float = 0.0,
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.glimpses, self.size, self.canvas = glimpses, size, canvas
+        self.n_local, self.n_global, self.region = n_local, n_global, tuple(region)
+        self.sigma_scale, self.min_sigma = sigma_scale, min_sigma
+        self.source = SourceConvNet(4 * glimpses, canvas, width)
+        with torch.no_grad():  # our choice: start from a box over the middle, not a point
+            self.source.head[-1].bias.copy_(torch.tensor([-1.0, -1.0, 1.0, 1.0]).repeat(glimpses))
+        self.sigmas = nn.Parameter(torch.zeros(glimpses))
+        self.values = nn.Parameter(torch.ones(glimpses))
+        self.classifier = nn.Sequential(
+            nn.Linear(glimpses * size * size, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
+        self.last_means: torch.Tensor | None = None
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return (self.canvas, self.canvas)
+
+    def raw_means(self, x: torch.Tensor) -> torch.Tensor:
+        """``(b, g * s * s, 2)`` raw means: ``s x s`` equally spaced points in each raw box."""
+        b = x.shape[0]
+        box = self.source(x).view(b, self.glimpses, 2, 2)  # (b, g, corner, (y, x))
+        t = torch.linspace(0, 1, self.size, device=x.device, dtype=box.dtype)
+        lo, hi = box[:, :, 0], box[:, :, 1]  # (b, g, 2)
+        ys = lo[..., 0, None] + (hi[..., 0, None] - lo[..., 0, None]) * t  # (b, g, s)
+        xs = lo[..., 1, None] + (hi[..., 1, None] - lo[..., 1, None]) * t
+        grid = torch.stack(torch.broadcast_tensors(ys[..., :, None], xs[..., None, :]), dim=-1)
+        return grid.reshape(b, self.glimpses * self.size * self.size, 2)
+
+    def glimpse(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``(b, 1, H, W)`` images -> ``(b, g, s, s)`` glimpses."""
+        from hyperkern import ops
+
+        b = x.shape[0]
+        per = self.size * self.size
+        k = self.glimpses * per
+        mu = ops.transform_means(self.raw_means(x), self.dims)  # (b, k, 2)
+        self.last_means = mu.detach()
+        which = torch.arange(self.glimpses, device=x.device).repeat_interleave(per)  # (k,)
+        values = self.values[which].expand(b, k)
+        if self.training:
+            sigma_raw = self.sigmas[which].expand(b, k)
+            sigma = ops.transform_sigmas(sigma_raw, self.dims, self.sigma_scale, self.min_sigma)
+            points = ops.sample_tuples(
+                mu, self.dims, self.n_local, self.n_global, self.region, generator=generator
+            )  # (b, k, S, 2)
+            dup = ops.duplicate_mask(points, self.dims, context_size=1)
+            vprime = ops.proportions(points, mu, sigma, values, dup, context_size=1)
+        else:
+            points = ops.round_means(mu, self.dims)  # (b, k, 1, 2)
+            vprime = values.unsqueeze(-1)
+        S = points.shape[2]
+        rows = torch.arange(k, device=x.device).repeat_interleave(S).expand(b, k * S)
+        cols = (points[..., 0] * self.canvas + points[..., 1]).reshape(b, k * S)
+        flat = x.reshape(b, self.canvas * self.canvas)
+        y = ops.contract(rows, cols, vprime.reshape(b, k * S), flat, k)
+        return y.view(b, self.glimpses, self.size, self.size)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.classifier(self.glimpse(x, generator).flatten(1))
+
+
+class ConvNetBaseline(nn.Module):
+    """The source ConvNet with a 10-way output layer, ``(b, 1, H, W) -> (b, 10)``."""
+
+    def __init__(self, canvas: int = 100, width: float = 1.0) -> None:
+        super().__init__()
+        self.net = SourceConvNet(10, canvas, width)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    """The model named by ``args.model`` (with ``--glimpses``/``--glimpse-size`` overrides)."""
+    if args.model == "convnet":
+        return ConvNetBaseline(args.canvas, args.width)
+    glimpses, size = MODELS[args.model]
+    return GlimpseNet(
+        args.glimpses or glimpses, args.glimpse_size or size, args.canvas,
+        args.n_local, args.n_global, tuple(args.region), width=args.width,
+    )  # fmt: skip
+
+
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """``bce``: binary cross-entropy of the softmax vs one-hot (paper); ``ce``: cross-entropy."""
+    if kind == "ce":
+        return F.cross_entropy(logits, labels)
+    target = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    probs = logits.softmax(-1).clamp(1e-7, 1 - 1e-7)
+    return F.binary_cross_entropy(probs, target)
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 ``(b, H, W)`` -> float ``(b, 1, H, W)`` in ``[0, 1]`` on ``device``."""
+    return (images.to(device).float() / 255.0).unsqueeze(1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images, labels, batch_size: int, device) -> float:
+    """Error rate (fraction misclassified) of the rounded model on ``images (n, H, W)``."""
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for i in range(0, len(images), batch_size):
+        logits = model(to_input(images[i : i + batch_size], device))
+        wrong += (logits.argmax(-1).cpu() != labels[i : i + batch_size]).sum().item()
+    model.train(was_training)
+    return wrong / max(1, len(images))
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train ``args.model`` with periodic test evaluation, checkpoints, CSV log and plots."""
+    from hyperkern.data.cluttered import load_cluttered
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = load_cluttered(
+        "train", args.train_size, args.data_seed, args.cache_dir, args.canvas
+    )
+    test_x, test_y = load_cluttered(
+        "test", args.test_size, args.data_seed, args.cache_dir, args.canvas
+    )
+    gen = seed_everything(args.seed)
+    model = build_model(args).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps_per_epoch = -(-len(train_x) // args.batch_size)
+    total = args.epochs * steps_per_epoch
+    eval_every = args.eval_every or steps_per_epoch
+    settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    settings["device"] = str(device)
+
+    ckpt_path, csv_path = out / "checkpoint.pt", out / "log.csv"
+    step, wall = 0, 0.0
+    state = load_checkpoint(ckpt_path) if args.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, wall = state["step"], state["wall"]
+    elif csv_path.exists():
+        csv_path.unlink()
+    logger = CSVLogger(csv_path, ["step", "epoch", "train_loss", "test_error", "wall_s"])
+    logger.truncate_after("step", step)
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(), "step": step, "wall": wall, "settings": settings,
+        })  # fmt: skip
+
+    if step == 0:
+        logger.log(step=0, epoch=0.0,
+                   test_error=evaluate(model, test_x, test_y, args.batch_size, device))  # fmt: skip
+    model.train()
+    t0, recent, timed_out = time.perf_counter(), [], False
+    bar = progress(total=total, initial=step, enabled=not args.no_progress, desc=args.model)
+    for _ in bar:
+        epoch, within = divmod(step, steps_per_epoch)
+        order = torch.randperm(
+            len(train_x), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+        )
+        idx = order[within * args.batch_size : (within + 1) * args.batch_size]
+        logits = model(to_input(train_x[idx], device), generator=gen)
+        loss = loss_fn(logits, train_y[idx].to(device), args.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recent.append(loss.item())
+        step += 1
+        elapsed = wall + time.perf_counter() - t0
+        timed_out = args.time_limit is not None and elapsed > args.time_limit
+        if step % eval_every == 0 or step == total or timed_out:
+            wall, t0 = elapsed, time.perf_counter()
+            logger.log(
+                step=step, epoch=round(step / steps_per_epoch, 4),
+                train_loss=sum(recent) / len(recent), wall_s=round(wall, 2),
+                test_error=evaluate(model, test_x, test_y, args.batch_size, device),
+            )  # fmt: skip
+            recent = []
+            checkpoint()
+        elif step % args.checkpoint_every == 0:
+            wall, t0 = elapsed, time.perf_counter()
+            checkpoint()
+        if timed_out:
+            break
+
+    rows = read_csv(csv_path)
+    evals = [(int(r["step"]), float(r["test_error"])) for r in rows if r["test_error"]]
+    train = [(int(r["step"]), float(r["train_loss"])) for r in rows if r["train_loss"]]
+    plot_curves({"test error": tuple(zip(*evals, strict=True))}, out / "test_error.png",
+                xlabel="step", ylabel="test error", title=args.model)  # fmt: skip
+    if train:
+        plot_curves({"train loss": tuple(zip(*train, strict=True))}, out / "train_loss.png",
+                    xlabel="step", ylabel=f"{args.loss} loss", title=args.model)  # fmt: skip
+    if isinstance(model, GlimpseNet):
+        plot_glimpses(model, test_x[:6], device, out / "glimpses.png")
+    result = dict(
+        model=args.model, steps_done=step, steps_total=total, finished=step >= total,
+        epochs_done=round(step / steps_per_epoch, 3), initial_test_error=evals[0][1],
+        final_test_error=evals[-1][1], first_train_loss=train[0][1] if train else None,
+        last_train_loss=train[-1][1] if train else None, wall_s=round(wall, 1),
+        train_size=len(train_x), test_size=len(test_x), settings=settings,
+    )  # fmt: skip
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+@torch.no_grad()
+def plot_glimpses(model: GlimpseNet, images: torch.Tensor, device, path: Path) -> None:
+    """Fig. 4: each image with its glimpse points (rounded means), and the glimpses below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    was_training = model.training
+    model.eval()
+    glimpses = model.glimpse(to_input(images, device)).cpu().numpy()  # (n, g, s, s)
+    means = model.last_means.cpu().view(len(images), model.glimpses, -1, 2).numpy()
+    images = images.cpu().numpy()
+    model.train(was_training)
+    n, g = len(images), model.glimpses
+    fig, axes = plt.subplots(1 + g, n, figsize=(1.8 * n, 1.8 * (1 + g)), squeeze=False)
+    for i in range(n):
+        ax = axes[0, i]
+        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
+        for j in range(g):
+            ax.scatter(means[i, j, :, 1], means[i, j, :, 0], s=0.5, color=f"C{j % 10}")
+        for j in range(g):
+            vmax = float(abs(glimpses[:, j]).max()) or 1.0
+            axes[1 + j, i].imshow(glimpses[i, j], cmap="RdYlBu", vmin=-vmax, vmax=vmax)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

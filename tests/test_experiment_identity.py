@@ -1,0 +1,106 @@
+"""Identity experiment: the CLI smoke run (loss falls), resume, and the REINFORCE baseline."""
+
+import json
+
+import torch
+
+from hyperkern.experiments.__main__ import main
+from hyperkern.experiments.common import read_csv
+from hyperkern.experiments.identity import (
+    PAPER_SETTINGS,
+    ReinforceIdentity,
+    diagonal_covered,
+    evaluate,
+    settings_for,
+)
+
+
+def _train_losses(path):
+    return [float(r["train_loss"]) for r in read_csv(path) if r["train_loss"]]
+
+
+def test_paper_settings():
+    assert settings_for(8)[:3] == (0.005, 1, 2)
+    assert settings_for(16)[:3] == (0.005, 2, 2)
+    assert settings_for(32)[:3] == (0.005, 2, 8)
+    assert settings_for(64)[:3] == (0.001, 2, 10)
+    for size, (_, n_local, n_global, _) in PAPER_SETTINGS.items():
+        assert n_local + n_global <= 2 * torch.tensor(float(size)).log2()  # 32, 64: equal
+    _, n_local, n_global, _ = settings_for(48)
+    assert n_local + n_global <= 2 * torch.tensor(48.0).log2()
+
+
+def test_smoke_sparse_and_reinforce_loss_falls(tmp_path):
+    out = tmp_path / "id"
+    result = main([
+        "identity", "--sizes", "6", "--method", "both", "--iterations", "240",
+        "--eval-every", "60", "--eval-size", "256", "--snapshots", "0", "120",
+        "--lr", "0.02", "--reinforce-lr", "0.01", "--out", str(out), "--no-progress", "--seed", "1",
+    ])  # fmt: skip
+    for name in ("sparse-n6", "reinforce-n6"):
+        losses = _train_losses(out / name / "log.csv")
+        assert len(losses) == 4
+        assert losses[-1] < 0.8 * losses[0], (name, losses)
+        assert result[name]["finished"] and result[name]["iterations_done"] == 240
+        assert (out / name / "means.png").stat().st_size > 0
+        assert len(torch.load(out / name / "snapshots.pt", weights_only=False)) == 2
+    assert (out / "loss.png").stat().st_size > 0
+    assert json.loads((out / "results.json").read_text()).keys() == result.keys()
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    common = ["--sizes", "5", "--eval-every", "10", "--eval-size", "64", "--no-progress",
+              "--snapshots"]  # fmt: skip
+    main(["identity", *common, "--iterations", "30", "--out", str(tmp_path / "a")])
+    main(["identity", *common, "--iterations", "10", "--out", str(tmp_path / "b")])
+    main(["identity", *common, "--iterations", "30", "--out", str(tmp_path / "b"), "--resume"])
+    a = torch.load(tmp_path / "a" / "sparse-n5" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "sparse-n5" / "checkpoint.pt", weights_only=False)
+    assert a["iteration"] == b["iteration"] == 30
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    rows_a = read_csv(tmp_path / "a" / "sparse-n5" / "log.csv")
+    rows_b = read_csv(tmp_path / "b" / "sparse-n5" / "log.csv")
+    assert [r["eval_loss"] for r in rows_a] == [r["eval_loss"] for r in rows_b]
+
+
+def test_time_limit_stops_and_says_unfinished(tmp_path):
+    result = main([
+        "identity", "--sizes", "4", "--iterations", "100000", "--time-limit", "0",
+        "--eval-size", "32", "--out", str(tmp_path), "--no-progress", "--snapshots",
+    ])  # fmt: skip
+    assert result["sparse-n4"]["finished"] is False
+    assert result["sparse-n4"]["iterations_done"] == 1
+
+
+def test_reinforce_model_builds_w_from_tuples_and_rounds_in_eval():
+    model = ReinforceIdentity(4, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.values.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    w = model.dense(torch.tensor([[0, 1], [2, 2], [0, 1]]))
+    expected = torch.zeros(4, 4)
+    expected[0, 1], expected[2, 2] = 4.0, 2.0
+    assert torch.equal(w, expected)
+    both = model.dense(torch.tensor([[[0, 1], [2, 2], [0, 1]], [[3, 3], [3, 3], [1, 0]]]))
+    assert torch.equal(both[0], expected) and both[1, 3, 3] == 3.0 and both[1, 1, 0] == 3.0
+
+    model4 = ReinforceIdentity(4, 4)
+    with torch.no_grad():  # means on the diagonal, values 1: eval loss 0
+        diag = torch.logit(torch.tensor([0.0, 1.0, 2.0, 3.0]).clamp(1e-3, 3 - 1e-3) / 3)
+        model4.means.copy_(diag[:, None].repeat(1, 2))
+        model4.values.fill_(1.0)
+    assert evaluate(model4, 4, 100, 0, torch.device("cpu")) == 0.0
+    assert diagonal_covered(model4) == 4
+    with torch.no_grad():
+        model4.means[1] = model4.means[2]  # two means on (2, 2), none on (1, 1)
+    assert diagonal_covered(model4) == 3
+
+    model.train()
+    x = torch.randn(2, 4)
+    y = model(x, generator=torch.Generator().manual_seed(1))
+    tuples, _ = model.sample(2, torch.Generator().manual_seed(1))
+    for b in range(2):  # each instance through its own sampled W
+        assert torch.allclose(y[b], model.dense(tuples[b]) @ x[b])
+    assert model.last_log_prob.shape == (2,)
+    model.last_log_prob.sum().backward()
+    assert model.means.grad.abs().sum() > 0 and model.sigmas.grad.abs().sum() > 0
