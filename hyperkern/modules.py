@@ -77,9 +77,13 @@ class SparseLayer(_SparseOptions):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Means ``N(0, 1)`` (spread over W by the sigmoid), raw sigmas 0, values ``N(0, 1)``."""
+        """Means uniform over W (raw ``logit(U(0.02, 0.98))``), raw sigmas 0, values ``N(0, 1)``.
+
+        Uniform spread covers W evenly; ``sigmoid(N(0, 1))`` would crowd means into its centre.
+        """
         with torch.no_grad():
-            self.means.normal_(generator=generator)
+            self.means.uniform_(0.02, 0.98, generator=generator)
+            self.means.copy_(torch.logit(self.means))
             self.sigmas.zero_()
             self.values.normal_(generator=generator)
 
@@ -136,7 +140,7 @@ class SparseLinear(SparseLayer):
         self.reset_bias()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Means ``N(0, 1)``, raw sigmas 0, values ``U(-a, a)`` with ``a = 1/sqrt(k / out)``."""
+        """Means uniform over W, raw sigmas 0, values ``U(-a, a)``, ``a = 1/sqrt(k / out)``."""
         super().reset_parameters(generator)
         bound = 1 / math.sqrt(max(self.k / self.out_shape[0], 1.0))
         with torch.no_grad():
