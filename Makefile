@@ -30,8 +30,8 @@ test: lint $(VENV)/.installed
 	$(PY) -m pytest -q -p no:cacheprovider bench --hk-scale=tiny --benchmark-disable
 
 bench: $(VENV)/.installed
-	$(PY) -m pytest bench --benchmark-only --benchmark-json=bench/results/latest.json
-	$(PY) bench/report.py bench/results/latest.json --out bench/results
+	$(PY) -m pytest bench --benchmark-only --benchmark-json=bench/results/results.json
+	$(PY) bench/report.py bench/results/results.json --out bench/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .benchmarks

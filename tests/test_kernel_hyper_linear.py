@@ -33,20 +33,36 @@ def make_inputs(batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE):
     ]
 
 
+def _assert_close(got, want, want32, dtype, name):
+    """float64: elementwise. float32: the kernel's error (norm-wise, against the float64
+    reference) is at most a few times that of torch's own float32 reference, since long
+    reductions (in * e_dim terms) make elementwise tolerances meaningless near zero."""
+    if dtype == torch.float64:
+        torch.testing.assert_close(got.double(), want, **TOL[dtype], msg=name)
+        return
+    err = (got.double() - want).norm().item()
+    baseline = (want32.double() - want).norm().item()
+    assert err <= 4 * baseline + 1e-5 * want.norm().item(), (name, err, baseline)
+
+
 def check_against_reference(batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE):
     args = make_inputs(batch, in_f, out_f, e_dim, dtype, seed, device)
     ref_args = [a.detach().double().requires_grad_(True) for a in args]
+    ref32_args = [a.detach().clone().requires_grad_(True) for a in args]
     y = hyper_linear(*args)
     y_ref = reference(*ref_args)
+    y_ref32 = reference(*ref32_args)
     assert y.shape == (batch, out_f) and y.dtype == dtype
-    torch.testing.assert_close(y.double(), y_ref, **TOL[dtype])
+    _assert_close(y, y_ref, y_ref32, dtype, "y")
     g = torch.Generator().manual_seed(seed + 1)
     grad_y = torch.randn(batch, out_f, dtype=torch.float64, generator=g).to(device)
     grads = torch.autograd.grad(y, args, grad_y.to(dtype))
     grads_ref = torch.autograd.grad(y_ref, ref_args, grad_y)
-    for name, got, want in zip(["dx", "de", "dA", "dc"], grads, grads_ref, strict=True):
+    grads_ref32 = torch.autograd.grad(y_ref32, ref32_args, grad_y.to(dtype))
+    names = ["dx", "de", "dA", "dc"]
+    for name, got, want, want32 in zip(names, grads, grads_ref, grads_ref32, strict=True):
         assert got.shape == want.shape, name
-        torch.testing.assert_close(got.double(), want, **TOL[dtype], msg=name)
+        _assert_close(got, want, want32, dtype, name)
 
 
 # (batch, in, out, e_dim): ones, empty batch, primes, non-powers of two, > one 16-tile.

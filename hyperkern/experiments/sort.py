@@ -16,7 +16,7 @@ Protocols:
   is trained on sets of the next power of two (``--train-size``, e.g. 8 for n = 5) and evaluated
   on sets of ``n``. (Padding each set with blank items keyed above the real ones was tried
   first and diverged: the test loss rose above its starting value and the error stayed at
-  chance, with both a fixed and a scale-relative key gap; see bench/EXPERIMENTS_sort.md.)
+  chance, with both a fixed and a scale-relative key gap; see bench/EXPERIMENTS.md, section 3.)
 """
 
 from __future__ import annotations
