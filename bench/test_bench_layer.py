@@ -22,7 +22,7 @@ IMPLS = ["triton", "torch", "torch_sparse", "dense_prop"]
 def test_layer_train_step(benchmark, impl, hk_case, hk_device, hk_rounds, hk_memory, hk_generator):
     fn = layer_fn(impl, hk_case, hk_device)
     if impl != "triton" and hk_case.chunk_size is None:
-        fits_or_skip(dense_elements(hk_case) * 4 * 8, hk_device, "(P, k) matrix")
+        fits_or_skip(dense_elements(hk_case, instances=1) * 4 * 8, hk_device, "(P, k) matrix")
     x, leaves, dy = layer_inputs(hk_case, hk_device, hk_generator)
     result = run_benchmark(
         benchmark, lambda: train_step(fn, x, leaves, dy), group="layer train step",
