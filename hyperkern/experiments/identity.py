@@ -82,6 +82,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--time-limit", type=float, default=None, help="stop (checkpointed) after this many s"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--recipe", choices=["paper", "improved"], default="paper",
+        help="improved: k = 2n, lr 0.03, 5000 iterations, --neg-penalty 1, --finetune-steps 1000 "
+        "(the demo's recipe; explicit flags override it)",
+    )  # fmt: skip
+    parser.add_argument("--k", type=int, default=None, help="means (paper: n)")
+    parser.add_argument(
+        "--neg-penalty", type=float, default=None,
+        help="weight of sum(relu(-values)**2) added to the sparse loss (paper: 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune-steps", type=int, default=None,
+        help="sparse only: values-only Adam steps (lr 0.01) with means rounded, after training",
+    )  # fmt: skip
+
+
+IMPROVED = dict(k_per_n=2, lr=0.03, iterations=5_000, neg_penalty=1.0, finetune_steps=1_000)
 
 
 class ReinforceIdentity(nn.Module):
@@ -143,7 +160,9 @@ class ReinforceIdentity(nn.Module):
         return x @ self.dense(self.index_means().round().long()).T
 
 
-def _build(method: str, size: int, n_local: int, n_global: int, region: int, tau: float, gen):
+def _build(
+    method: str, size: int, k: int, n_local: int, n_global: int, region: int, tau: float, gen
+):
     if method == "reinforce":
         return ReinforceIdentity(size, size, tau, generator=gen)
     from hyperkern import SparseLayer
@@ -151,7 +170,7 @@ def _build(method: str, size: int, n_local: int, n_global: int, region: int, tau
     # SPEC's min_sigma is added before the scaling by dims * sigma_scale (0.1): this converts the
     # paper's tau, added after it, to the same floor in index units.
     layer = SparseLayer(
-        (size,), (size,), size, n_local=n_local, n_global=n_global, region=(region, region),
+        (size,), (size,), k, n_local=n_local, n_global=n_global, region=(region, region),
         min_sigma=tau / (size * 0.1),
     )
     layer.reset_parameters(generator=gen)
@@ -193,6 +212,14 @@ def _snapshot(model: nn.Module, it: int, gen: torch.Generator) -> dict:
 def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> dict:
     """Train one model on one size, with checkpoints, CSV log and plots; return its summary."""
     lr, n_local, n_global, iterations = settings_for(size)
+    improved = args.recipe == "improved" and method == "sparse"
+    if improved:
+        lr, iterations = IMPROVED["lr"], IMPROVED["iterations"]
+    k = args.k or (IMPROVED["k_per_n"] * size if improved else size)
+    neg_penalty = args.neg_penalty if args.neg_penalty is not None else (
+        IMPROVED["neg_penalty"] if improved else 0.0)  # fmt: skip
+    finetune_steps = args.finetune_steps if args.finetune_steps is not None else (
+        IMPROVED["finetune_steps"] if improved else 0)  # fmt: skip
     lr = args.reinforce_lr if method == "reinforce" else (args.lr or lr)
     n_local = args.n_local if args.n_local is not None else n_local
     n_global = args.n_global if args.n_global is not None else n_global
@@ -201,13 +228,14 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
     eval_every = args.eval_every or max(1, min(500, iterations // 20))
     device = resolve_device(args.device)
     settings = dict(
-        method=method, size=size, lr=lr, n_local=n_local, n_global=n_global, region=region,
+        method=method, size=size, k=k, neg_penalty=neg_penalty, finetune_steps=finetune_steps,
+        recipe=args.recipe, lr=lr, n_local=n_local, n_global=n_global, region=region,
         iterations=iterations, batch_size=args.batch_size, eval_size=args.eval_size, tau=args.tau,
         seed=args.seed, device=str(device),
     )  # fmt: skip
 
     gen = seed_everything(args.seed * 1_000_003 + size)
-    model = _build(method, size, n_local, n_global, region, args.tau, gen).to(device)
+    model = _build(method, size, k, n_local, n_global, region, args.tau, gen).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     run_dir = out / f"{method}-n{size}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -245,6 +273,8 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
         per_instance = F.mse_loss(model(x, generator=gen), x, reduction="none").mean(1)
         loss = per_instance.mean()
         objective = loss
+        if neg_penalty and method == "sparse":  # I has no negative entries: no cancelling pairs
+            objective = objective + neg_penalty * F.relu(-model.values).pow(2).sum()
         if method == "reinforce":  # score-function estimate for means and sigmas
             objective = loss + (per_instance.detach() * model.last_log_prob).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -267,6 +297,16 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
             if timed_out:
                 break
 
+    trained = done >= iterations if iterations > start else start >= iterations
+    if method == "sparse" and finetune_steps and trained:
+        t0 = time.perf_counter()
+        finetune_values(model, size, args.batch_size, finetune_steps, gen, device)
+        wall += time.perf_counter() - t0
+        logger.log(
+            iteration=iterations + finetune_steps, eval_loss=evaluate(
+                model, size, args.eval_size, iterations + finetune_steps, device),
+            wall_s=round(wall, 3),
+        )  # fmt: skip
     rows = read_csv(csv_path)
     evals = [(int(r["iteration"]), float(r["eval_loss"])) for r in rows if r["eval_loss"]]
     plot_means(snapshots, size, run_dir / "means.png", f"{method}, n={size}")
@@ -277,6 +317,22 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
         initial_eval_loss=evals[0][1], final_eval_loss=evals[-1][1],
         best_eval_loss=min(v for _, v in evals), wall_s=round(wall, 1),
     )  # fmt: skip
+
+
+def finetune_values(
+    model: nn.Module, size: int, batch: int, steps: int, gen: torch.Generator, device
+) -> None:
+    """Values-only Adam steps (lr 0.01) on the evaluated model: eval mode, means rounded, so no
+    gradient reaches the means or sigmas (see hyperkern.demo)."""
+    model.eval()
+    optimizer = torch.optim.Adam([model.values], lr=0.01)
+    for _ in range(steps):
+        x = torch.randn(batch, size, generator=gen).to(device)
+        loss = F.mse_loss(model(x), x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    model.train()
 
 
 @torch.no_grad()
