@@ -75,7 +75,8 @@ def finetune_values(
 
 
 def plot_means(layer: SparseLayer, path: Path, generator: torch.Generator) -> None:
-    """Means (dots), their widths (circles) and one draw of sampled tuples (diamonds)."""
+    """Means in use (blue dots, circles of one standard deviation), unused means (|value| below
+    5% of the largest: hollow), and one draw of sampled tuples (grey diamonds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,16 +85,20 @@ def plot_means(layer: SparseLayer, path: Path, generator: torch.Generator) -> No
     with torch.no_grad():
         mu = layer.index_means().unsqueeze(0)
         sigma = layer.index_sigmas()
+        used = layer.values.abs() >= 0.05 * layer.values.abs().max().clamp_min(1e-12)
         opts = layer.options
         points = ops.sample_tuples(
             mu, layer.dims, opts["n_local"], opts["n_global"], opts["region"], generator
         )[0].reshape(-1, 2)
     size = layer.dims[0]
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(points[:, 1], points[:, 0], marker="D", s=8, c="0.6", label="sampled tuples")
-    for (row, col), var in zip(mu[0].tolist(), sigma[:, 0].tolist(), strict=True):
+    ax.scatter(points[:, 1], points[:, 0], marker="D", s=6, c="0.75", label="sampled tuples")
+    for (row, col), var in zip(mu[0][used].tolist(), sigma[used, 0].tolist(), strict=True):
         ax.add_patch(plt.Circle((col, row), math.sqrt(var), color="tab:blue", alpha=0.15))
-    ax.scatter(mu[0, :, 1], mu[0, :, 0], c="tab:blue", s=14, label="means")
+    means = mu[0]
+    ax.scatter(means[used, 1], means[used, 0], c="tab:blue", s=14, label="means in use")
+    ax.scatter(means[~used, 1], means[~used, 0], facecolors="none", edgecolors="tab:blue", s=14,
+               linewidths=0.6, label="unused means (|value| < 5% of max)")  # fmt: skip
     ax.set(xlim=(-1, size), ylim=(size, -1), aspect="equal", xlabel="column", ylabel="row")
     ax.set_title(f"SparseLayer means, {size}x{size} identity")
     ax.legend(loc="lower left", fontsize=7)
