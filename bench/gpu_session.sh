@@ -27,6 +27,20 @@ setup() {
 torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/device.txt"
 }
 
+# bench_groups "group:seconds ...": each group at --hk-scale=gpu under its own wall limit, in
+# order; SIGINT lets pytest-benchmark still write the JSON of what finished.
+bench_groups() {
+    mkdir -p "$OUT/bench"
+    for spec in $1; do
+        group=${spec%%:*}
+        start=$(date +%s)
+        timeout -s INT -k 15 "${spec##*:}" $PY -m pytest "bench/test_bench_$group.py" -q \
+            -p no:cacheprovider --hk-scale=gpu --benchmark-only --timeout=30 \
+            --benchmark-json="$OUT/bench/$group.json" >"$OUT/bench/$group.log" 2>&1
+        echo "$group: rc $? in $(($(date +%s) - start)) s; $(tail -1 "$OUT/bench/$group.log")"
+    done
+}
+
 case "$phase" in
 check)
     setup
@@ -41,33 +55,15 @@ check)
     ;;
 bench)
     setup
-    mkdir -p "$OUT/bench"
-    # Priority order with a wall limit each (seconds); SIGINT lets pytest-benchmark still
-    # write the JSON of what finished.
-    for spec in layer:110 contract_forward:80 contract_backward:80 chunked:60 proportions:80 \
-        duplicate_mask:50 hypernets:40; do
-        group=${spec%%:*}
-        start=$(date +%s)
-        timeout -s INT -k 15 "${spec##*:}" $PY -m pytest "bench/test_bench_$group.py" -q \
-            -p no:cacheprovider --hk-scale=gpu --benchmark-only --timeout=30 \
-            --benchmark-json="$OUT/bench/$group.json" >"$OUT/bench/$group.log" 2>&1
-        echo "$group: rc $? in $(($(date +%s) - start)) s; $(tail -1 "$OUT/bench/$group.log")"
-    done
+    bench_groups "layer:110 contract_forward:80 contract_backward:80 chunked:60 proportions:80
+        duplicate_mask:50 hypernets:40"
     $PY bench/report.py "$OUT"/bench/*.json --out "$OUT/bench" >"$OUT/bench/report.log" 2>&1
     tail -5 "$OUT/bench/report.log"
     tar czf "$OUT/bench_gpu.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
     ;;
 verify)
     setup
-    mkdir -p "$OUT/bench"
-    for spec in ${VERIFY_GROUPS:-contract_forward:60 contract_backward:75 layer:80 proportions:60}; do
-        group=${spec%%:*}
-        start=$(date +%s)
-        timeout -s INT -k 15 "${spec##*:}" $PY -m pytest "bench/test_bench_$group.py" -q \
-            -p no:cacheprovider --hk-scale=gpu --benchmark-only --timeout=30 \
-            --benchmark-json="$OUT/bench/$group.json" >"$OUT/bench/$group.log" 2>&1
-        echo "$group: rc $? in $(($(date +%s) - start)) s; $(tail -1 "$OUT/bench/$group.log")"
-    done
+    bench_groups "${VERIFY_GROUPS:-contract_forward:60 contract_backward:75 layer:80 proportions:60}"
     start=$(date +%s)
     timeout 200 $PY -m pytest -q -n 8 -p no:cacheprovider --timeout=150 -rs \
         ${VERIFY_TESTS:-tests/test_kernel_contract.py tests/test_kernel_hyper_linear.py \
@@ -81,7 +77,7 @@ exp)
     limit=${EXP_LIMIT:-150}
     $PY -m hyperkern.experiments attention --device cuda --time-limit "$limit" --no-progress \
         --out "$OUT/exp/attention" 2>&1 | tail -8
-    $PY -m hyperkern.experiments sort --device cuda --time-limit "$limit" --no-progress \
+    $PY -m hyperkern.experiments sort --device cuda --max-minutes "$((limit / 60))" --no-progress \
         --out "$OUT/exp/sort" 2>&1 | tail -8
     tar czf "$OUT/exp_gpu.tgz" -C "$OUT" exp && rm -rf "$OUT/exp"
     ;;

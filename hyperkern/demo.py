@@ -56,17 +56,30 @@ def evaluate(
     return loss
 
 
+def negative_value_penalty(values: torch.Tensor) -> torch.Tensor:
+    """``sum(relu(-values)**2)``: rules out cancelling pairs of means when the target has no
+    negative entries (the identity)."""
+    return torch.relu(-values).pow(2).sum()
+
+
 def finetune_values(
-    layer: SparseLayer, size: int, generator: torch.Generator, steps: int, batch: int, lr: float
+    layer: SparseLayer,
+    size: int,
+    generator: torch.Generator,
+    steps: int,
+    batch: int,
+    lr: float,
+    device: torch.device | str = "cpu",
 ) -> None:
     """Phase 2: fine-tune the values alone on the evaluated model (eval mode, means rounded).
 
-    The means get no gradient in eval mode (rounding), so only the values move."""
+    The means get no gradient in eval mode (rounding), so only the values move. Inputs are drawn
+    from ``generator`` and moved to ``device``."""
     was_training = layer.training
     layer.eval()
     opt = torch.optim.Adam([layer.values], lr=lr)
     for _ in range(steps):
-        x = torch.randn(batch, size, generator=generator)
+        x = torch.randn(batch, size, generator=generator).to(device)
         loss = nn.functional.mse_loss(layer(x), x)
         opt.zero_grad()
         loss.backward()
@@ -144,7 +157,7 @@ def main(argv: list[str] | None = None) -> float:
         loss = nn.functional.mse_loss(layer(x, generator=gen), x)
         running += loss.item()
         if args.neg_penalty:
-            loss = loss + args.neg_penalty * torch.relu(-layer.values).pow(2).sum()
+            loss = loss + args.neg_penalty * negative_value_penalty(layer.values)
         opt.zero_grad()
         loss.backward()
         opt.step()

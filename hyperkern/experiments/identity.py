@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hyperkern.demo import finetune_values, negative_value_penalty
 from hyperkern.experiments.common import (
     CSVLogger,
     load_checkpoint,
@@ -262,7 +263,7 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
     wanted = set(args.snapshots)
     if start == 0:
         logger.log(iteration=0, eval_loss=evaluate(model, size, args.eval_size, 0, device))
-    t0, recent = time.perf_counter(), []
+    t0, recent, reached = time.perf_counter(), [], start
     bar = progress(
         total=iterations, initial=start, enabled=not args.no_progress, desc=f"{method} n={size}"
     )
@@ -274,14 +275,14 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
         loss = per_instance.mean()
         objective = loss
         if neg_penalty and method == "sparse":  # I has no negative entries: no cancelling pairs
-            objective = objective + neg_penalty * F.relu(-model.values).pow(2).sum()
+            objective = objective + neg_penalty * negative_value_penalty(model.values)
         if method == "reinforce":  # score-function estimate for means and sigmas
             objective = loss + (per_instance.detach() * model.last_log_prob).mean()
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
         recent.append(loss.item())
-        done = it + 1
+        done = reached = it + 1
         elapsed = wall + time.perf_counter() - t0
         timed_out = args.time_limit is not None and elapsed > args.time_limit
         if done % eval_every == 0 or done == iterations or timed_out:
@@ -297,10 +298,9 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
             if timed_out:
                 break
 
-    trained = done >= iterations if iterations > start else start >= iterations
-    if method == "sparse" and finetune_steps and trained:
+    if method == "sparse" and finetune_steps and reached >= iterations:
         t0 = time.perf_counter()
-        finetune_values(model, size, args.batch_size, finetune_steps, gen, device)
+        finetune_values(model, size, gen, finetune_steps, args.batch_size, 0.01, device)
         wall += time.perf_counter() - t0
         logger.log(
             iteration=iterations + finetune_steps, eval_loss=evaluate(
@@ -317,22 +317,6 @@ def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> di
         initial_eval_loss=evals[0][1], final_eval_loss=evals[-1][1],
         best_eval_loss=min(v for _, v in evals), wall_s=round(wall, 1),
     )  # fmt: skip
-
-
-def finetune_values(
-    model: nn.Module, size: int, batch: int, steps: int, gen: torch.Generator, device
-) -> None:
-    """Values-only Adam steps (lr 0.01) on the evaluated model: eval mode, means rounded, so no
-    gradient reaches the means or sigmas (see hyperkern.demo)."""
-    model.eval()
-    optimizer = torch.optim.Adam([model.values], lr=0.01)
-    for _ in range(steps):
-        x = torch.randn(batch, size, generator=gen).to(device)
-        loss = F.mse_loss(model(x), x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    model.train()
 
 
 @torch.no_grad()
