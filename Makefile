@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: lint $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 -p no:cacheprovider tests

@@ -192,15 +192,16 @@ def run_benchmark(
 
 
 def triton_or_skip(name: str, device: torch.device) -> Callable:
-    """hyperkern's Triton kernel ``name``; skips the benchmark without a CUDA device.
-
-    On CUDA a missing kernel export raises (a benchmark must not hide a missing feature).
-    """
+    """The op ``hyperkern.ops.<name>`` on its Triton implementation; skips the benchmark
+    without a CUDA device. On CUDA a missing op raises (a benchmark must not hide a missing
+    feature)."""
     if device.type != "cuda":
         pytest.skip("needs CUDA")
-    from hyperkern.backend import implementation
+    import functools
 
-    return implementation(name, "triton", device)
+    from hyperkern import ops
+
+    return functools.partial(getattr(ops, name), backend="triton")
 
 
 def fits_or_skip(nbytes: int, device: torch.device, what: str) -> None:

@@ -220,6 +220,8 @@ def layer_fn(impl: str, case, device: torch.device) -> Callable:
 
 
 def train_step(fn: Callable, x: torch.Tensor, leaves: list[torch.Tensor], dy: torch.Tensor):
-    """Forward ``y = fn(x, *leaves)``, then the gradients of ``sum(y * dy)``: ``(y, *grads)``."""
+    """Forward ``y = fn(x, *leaves)``, then the gradients of ``sum(y * dy)`` to the leaves (and
+    to ``x`` first when it requires grad): ``(y, *grads)``."""
     y = fn(x, *leaves)
-    return (y, *torch.autograd.grad(y, leaves, dy))
+    wrt = [x, *leaves] if x.requires_grad else leaves
+    return (y, *torch.autograd.grad(y, wrt, dy))

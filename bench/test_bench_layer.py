@@ -1,7 +1,7 @@
 """Whole sparse layer, one training step (forward + backward; no optimiser).
 
 One W ``(n_out, n_in)`` with ``k`` free means shared by a batch of ``b`` rows: transform, sample,
-duplicate mask, proportions, contraction, backward to the means, sigmas and values.
+duplicate mask, proportions, contraction, backward to the input, means, sigmas and values.
 Implementations: hyperkern Triton, hyperkern plain torch, ``torch_sparse`` (hyperkern's torch
 proportions + ``torch.sparse.mm``), ``dense_prop`` (the original code: probability-space dense
 proportions + ``torch.sparse.mm``). Sweeps: k (means), batch.
@@ -24,6 +24,7 @@ def test_layer_train_step(benchmark, impl, hk_case, hk_device, hk_rounds, hk_mem
     if impl != "triton" and hk_case.chunk_size is None:
         fits_or_skip(dense_elements(hk_case, instances=1) * 4 * 8, hk_device, "(P, k) matrix")
     x, leaves, dy = layer_inputs(hk_case, hk_device, hk_generator)
+    x.requires_grad_(True)  # a layer inside a network also back-propagates to its input
     result = run_benchmark(
         benchmark, lambda: train_step(fn, x, leaves, dy), group="layer train step",
         case=hk_case, impl=impl, device=hk_device, rounds=hk_rounds, tracker=hk_memory,

@@ -1,41 +1,37 @@
-"""Backend dispatch: the Triton kernels on CUDA tensors, the plain-torch reference elsewhere."""
+"""Which implementation runs: the Triton kernels on CUDA tensors, the reference elsewhere."""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+import importlib.util
 
 import torch
 
-from hyperkern import reference
-from hyperkern.validation import check_backend
+BACKENDS = ("auto", "torch", "triton")
+_TRITON: bool | None = None
 
 
 def triton_available() -> bool:
-    """Whether ``triton`` imports (it does not on every platform)."""
-    try:
-        importlib.import_module("triton")
-    except ImportError:
-        return False
-    return True
+    """Whether the ``triton`` package is installed (checked once, without importing it)."""
+    global _TRITON
+    if _TRITON is None:
+        _TRITON = importlib.util.find_spec("triton") is not None
+    return _TRITON
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """``"auto"`` -> ``"triton"`` on CUDA with triton installed, else ``"torch"``."""
+def check_backend(backend: object) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` runs the Triton kernels on ``device``: ``"auto"`` picks them on CUDA
+    when triton is installed; ``"triton"`` insists (CPU tensors then need
+    ``TRITON_INTERPRET=1``). Pure Python: cheap, and constant under ``torch.compile``."""
     check_backend(backend)
+    if backend == "torch":
+        return False
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
-    return backend
-
-
-def implementation(name: str, backend: str, device: torch.device) -> Callable:
-    """The function ``name`` from :mod:`hyperkern.reference` or :mod:`hyperkern.kernels`."""
-    if resolve_backend(backend, device) == "torch":
-        return getattr(reference, name)
+        return device.type == "cuda" and triton_available()
     if not triton_available():
         raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
-    kernels = importlib.import_module("hyperkern.kernels")
-    fn = getattr(kernels, name, None)
-    if fn is None:
-        raise NotImplementedError(f"hyperkern has no Triton kernel for {name!r} yet")
-    return fn
+    return True

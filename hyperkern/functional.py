@@ -1,4 +1,4 @@
-"""The sparse layer as one differentiable function (SPEC §1-6)."""
+"""The sparse layer as one differentiable function (docs/algorithm.md §1-6)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 import torch
 
-from hyperkern import ops
-from hyperkern.backend import implementation
+from hyperkern import library, reference
+from hyperkern._shared import context_count, default_region, resolve_key_kind
+from hyperkern.backend import check_backend, resolve
+from hyperkern.seeds import check_generator, seed_tensor
 from hyperkern.validation import (
-    check_backend,
     check_count,
     check_finite,
-    check_generator,
     check_index_space,
     check_optional_count,
     check_positive_shape,
@@ -71,8 +71,9 @@ def _check_layer_args(
         raise ValueError(f"min_sigma must be >= 0, got {options['min_sigma']}")
     check_generator(options["generator"])
     check_backend(options["backend"])
-    for name, t in (("means", means), ("sigmas", sigmas), ("values", values)):
-        check_finite(name, t)
+    if options["validate"]:
+        for name, t in (("means", means), ("sigmas", sigmas), ("values", values)):
+            check_finite(name, t)
     return out_shape, region
 
 
@@ -89,13 +90,17 @@ def sparse_layer(
     min_sigma: float = 0.0,
     context_size: int | None = None,
     chunk_size: int | None = None,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | int | torch.Tensor | None = None,
     backend: str = "auto",
     training: bool = True,
+    deterministic: bool | None = None,
+    validate: bool = False,
 ) -> torch.Tensor:
     """Apply a sparse W, given by continuous index tuples, to ``x``.
 
-    W has shape ``out_shape + in_shape`` (rank ``r``) with ``in_shape = x.shape[1:]``.
+    W has shape ``out_shape + in_shape`` (rank ``r``) with ``in_shape = x.shape[1:]``. A
+    training call issues two autograd ops (``hyperkern::sparse_weight`` and
+    ``hyperkern::contract``) and reads nothing back to the host.
 
     Args:
         x: ``(b, *in_shape)``. NaN or inf in ``x`` propagate to the outputs they touch.
@@ -105,46 +110,55 @@ def sparse_layer(
         out_shape: shape of the output per instance.
         n_local, n_global: local and global samples per mean (plus ``2**r`` corners).
         region: ``(r,)`` local sampling box; default ``max(2, ceil(log2 dim))`` per column.
-        sigma_scale, min_sigma: see SPEC §1.
+        sigma_scale, min_sigma: see docs/algorithm.md §1.
         context_size: means per duplicate/normalisation context (default: all ``k``).
-        chunk_size: process means in chunks of this size, recomputing in backward (SPEC §6).
-        generator: ``torch.Generator`` or int seed for sampling; ``None``: torch's global RNG.
+        chunk_size: means per block of the proportions pass (memory bound; same result, §6).
+        generator: int seed, ``torch.Generator``, ``()`` int64 seed tensor or ``None`` (torch's
+            global RNG); see :mod:`hyperkern.seeds`. Same seed, same samples on either backend.
         backend: ``"auto"`` (Triton on CUDA tensors), ``"torch"`` or ``"triton"``.
         training: ``False`` skips sampling: each mean is rounded to its nearest tuple and
             carries its full value (means rounding onto the same tuple add up).
+        deterministic: sum each output row in a fixed order (bitwise reproducible) instead of
+            atomic adds; default ``True`` for a shared W and ``False`` for one W per instance,
+            where it saves a global sort. The CPU path is always deterministic.
+        validate: also check that the parameters are finite (reads a value back to the host,
+            so it is off by default; turn it on while debugging).
 
     Returns:
         ``(b, *out_shape)``.
 
     Raises:
         TypeError / ValueError naming the offending argument for bad shapes, dtypes, devices,
-        ``k < 1``, regions larger than W, non-finite parameters, or an index space beyond int64.
+        ``k < 1``, regions larger than W, an index space beyond int64, and (``validate=True``)
+        non-finite parameters.
     """
     out_shape, region = _check_layer_args(
         x, means, sigmas, values, out_shape,
         n_local=n_local, n_global=n_global, region=region, sigma_scale=sigma_scale,
         min_sigma=min_sigma, context_size=context_size, chunk_size=chunk_size,
-        generator=generator, backend=backend,
+        generator=generator, backend=backend, validate=validate,
     )  # fmt: skip
     in_shape = tuple(x.shape[1:])
     dims = out_shape + in_shape
+    triton = resolve(backend, x.device)
     shared = means.dim() == 2
     if shared:
         means, sigmas, values = means.unsqueeze(0), sigmas.unsqueeze(0), values.unsqueeze(0)
-    mu = ops.transform_means(means, dims)
     if training:
-        sigma = ops.transform_sigmas(sigmas, dims, sigma_scale, min_sigma)
-        points = ops.sample_tuples(mu, dims, n_local, n_global, region, generator)
-        duplicates = implementation("duplicate_mask", backend, x.device)(points, dims, context_size)
-        vprime = implementation("proportions", backend, x.device)(
-            points, mu, sigma, values, duplicates, context_size, chunk_size
-        )
+        cs = context_count(means.shape[1], context_size)[1]
+        rows, cols, vprime, *_ = library.sparse_weight(
+            means, sigmas, values, seed_tensor(generator, x.device), list(dims),
+            len(out_shape), n_local, n_global, list(region or default_region(dims)),
+            float(sigma_scale), float(min_sigma), cs, min(chunk_size or cs, cs),
+            resolve_key_kind(dims) == "cantor", triton,
+        )  # fmt: skip
     else:
-        points = ops.round_means(mu, dims)
-        vprime = values.unsqueeze(-1)
-    rows, cols = ops.flatten_tuples(points, out_shape, in_shape)
+        points = reference.round_means(reference.transform_means(means, dims), dims)
+        rows, cols = reference.flatten_tuples(points.flatten(1, 2), out_shape, in_shape)
+        vprime = values
     b = x.shape[0]
-    y = implementation("contract", backend, x.device)(
-        rows.flatten(1), cols.flatten(1), vprime.flatten(1), x.reshape(b, -1), math.prod(out_shape)
-    )
+    y = library.contract(
+        rows, cols, vprime, x.reshape(b, -1, 1), math.prod(out_shape),
+        shared if deterministic is None else bool(deterministic), triton,
+    )  # fmt: skip
     return y.reshape(b, *out_shape)

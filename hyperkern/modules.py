@@ -10,7 +10,34 @@ from torch import nn
 
 from hyperkern.functional import sparse_layer
 from hyperkern.reference import transform_means, transform_sigmas
+from hyperkern.seeds import check_generator, seed_tensor
 from hyperkern.validation import check_count, check_positive_shape
+
+try:  # runs eager Python inside a compiled graph (torch >= 2.10)
+    from torch._dynamo.decorators import leaf_function
+except ImportError:  # pragma: no cover - older torch: module generators work in eager only
+    leaf_function = None
+
+
+class _GeneratorSource(nn.Module):
+    """Holds a module's ``torch.Generator`` so that seeds are drawn from it at run time, also
+    inside a compiled graph (dynamo cannot trace a generator object itself)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+
+def _draw_seed(source: _GeneratorSource, like: torch.Tensor) -> tuple[torch.Tensor]:
+    return (seed_tensor(source.generator, like.device),)
+
+
+if leaf_function is not None:
+    _draw_seed = leaf_function(_draw_seed)
+
+    @_draw_seed.register_fake
+    def _(source: _GeneratorSource, like: torch.Tensor) -> tuple[torch.Tensor]:
+        return (like.new_empty((), dtype=torch.int64),)
 
 
 class _SparseOptions(nn.Module):
@@ -29,6 +56,9 @@ class _SparseOptions(nn.Module):
         context_size: int | None = None,
         chunk_size: int | None = None,
         backend: str = "auto",
+        deterministic: bool | None = None,
+        validate: bool = False,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.in_shape = check_positive_shape("in_shape", in_shape)
@@ -38,8 +68,14 @@ class _SparseOptions(nn.Module):
         self.options = dict(
             n_local=n_local, n_global=n_global, region=None if region is None else tuple(region),
             sigma_scale=sigma_scale, min_sigma=min_sigma, context_size=context_size,
-            chunk_size=chunk_size, backend=backend,
+            chunk_size=chunk_size, backend=backend, deterministic=deterministic, validate=validate,
         )  # fmt: skip
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                "generator (of the module) must be a torch.Generator, "
+                f"got {type(generator).__name__}"
+            )
+        self.seed_source = None if generator is None else _GeneratorSource(generator)
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -51,6 +87,9 @@ class _SparseOptions(nn.Module):
         return len(self.dims)
 
     def _apply_layer(self, x, means, sigmas, values, generator) -> torch.Tensor:
+        check_generator(generator)
+        if generator is None and self.seed_source is not None and self.training:
+            (generator,) = _draw_seed(self.seed_source, x)
         return sparse_layer(
             x, means, sigmas, values, self.out_shape, generator=generator,
             training=self.training, **self.options,

@@ -1,7 +1,8 @@
-"""Building blocks of the sparse layer, each dispatched to the reference or the Triton kernels.
+"""Building blocks of the sparse layer (docs/algorithm.md §1-5), each a ``torch.library`` op of
+:mod:`hyperkern.library` run by the Triton kernels or the plain-torch reference.
 
-Every op has the same signature in :mod:`hyperkern.reference` and :mod:`hyperkern.kernels`; the
-``backend`` argument picks one (``"auto"``: Triton on CUDA tensors, reference elsewhere).
+``backend="auto"`` runs Triton on CUDA tensors and the reference elsewhere; ``"torch"`` and
+``"triton"`` force one. The shape arithmetic (transforms, keys, flat indices) is plain torch.
 """
 
 from __future__ import annotations
@@ -10,20 +11,26 @@ from collections.abc import Sequence
 
 import torch
 
-from hyperkern import reference
-from hyperkern.backend import implementation
+from hyperkern import library
+from hyperkern._shared import context_count, default_region, resolve_key_kind, samples_per_mean
+from hyperkern.backend import resolve
 from hyperkern.reference import (
     cantor_keys,
-    default_region,
     flatten_tuples,
     linear_keys,
     round_means,
-    samples_per_mean,
     transform_means,
     transform_sigmas,
     tuple_keys,
 )
-from hyperkern.validation import check_shape, check_tensor
+from hyperkern.seeds import check_generator, seed_tensor
+from hyperkern.validation import (
+    check_contract_inputs,
+    check_index_space,
+    check_proportions_inputs,
+    check_region,
+    check_tensor,
+)
 
 __all__ = [
     "cantor_keys",
@@ -43,10 +50,19 @@ __all__ = [
 ]
 
 
-def _check_points(points: torch.Tensor) -> None:
+def _check_points(points: torch.Tensor, dims: Sequence[int] | None = None) -> None:
     check_tensor("points", points, (4,), floating=False)
     if points.dtype != torch.int64:
         raise TypeError(f"points must be int64 (B, k, S, r), got dtype {points.dtype}")
+    if dims is not None and len(dims) != points.shape[-1]:
+        raise ValueError(
+            f"dims must have one size per tuple column ({points.shape[-1]}), got {tuple(dims)}"
+        )
+
+
+def _check_context(name: str, size: object) -> None:
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"{name} must be None or an int >= 1, got {size!r}")
 
 
 def sample_tuples(
@@ -55,14 +71,23 @@ def sample_tuples(
     n_local: int,
     n_global: int,
     region: Sequence[int] | None = None,
-    generator: torch.Generator | int | None = None,
+    generator: torch.Generator | int | torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """``(B, k, r)`` means -> ``(B, k, S, r)`` int64 tuples (corners, local, global; SPEC §2).
-
-    Plain torch on every device (a handful of elementwise ops; no kernel needed).
-    """
+    """``(B, k, r)`` means in index space -> ``(B, k, S, r)`` int64 tuples (corners, local,
+    global; §2), from the counter-based stream seeded by ``generator``."""
     check_tensor("mu", mu, (3,))
-    return reference.sample_tuples(mu, dims, n_local, n_global, region, generator)
+    dims = tuple(int(d) for d in dims)
+    if len(dims) != mu.shape[-1]:
+        raise ValueError(f"dims must have one size per column of mu ({mu.shape[-1]}), got {dims}")
+    check_index_space(dims)
+    region = check_region(region, dims) or default_region(dims)
+    check_generator(generator)
+    points, *_ = library.sample(
+        mu, seed_tensor(generator, mu.device), list(dims), 0, n_local, n_global, list(region),
+        resolve_key_kind(dims) == "cantor", resolve(backend, mu.device),
+    )  # fmt: skip
+    return points
 
 
 def duplicate_mask(
@@ -72,10 +97,14 @@ def duplicate_mask(
     key_kind: str = "auto",
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``(B, k, S, r)`` tuples -> ``(B, k, S)`` bool, True at repeats within a context (SPEC §3)."""
-    _check_points(points)
-    fn = implementation("duplicate_mask", backend, points.device)
-    return fn(points, dims, context_size, key_kind)
+    """``(B, k, S, r)`` tuples -> ``(B, k, S)`` bool, True at repeats within a context (§3).
+
+    Tuples must lie in ``[0, dims)`` (keys of tuples outside may collide)."""
+    _check_points(points, dims)
+    _check_context("context_size", context_size)
+    keys = tuple_keys(points, [int(d) for d in dims], key_kind)
+    cs = context_count(points.shape[1], context_size)[1]
+    return library.duplicate_mask(keys, cs, resolve(backend, points.device))
 
 
 def proportions(
@@ -88,20 +117,18 @@ def proportions(
     chunk_size: int | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Each tuple's share of its context's values, ``v'`` of shape ``(B, k, S)`` (SPEC §4).
+    """Each tuple's share of its context's values, ``v'`` of shape ``(B, k, S)`` (§4).
 
     Shapes: ``points (B, k, S, r)`` int64, ``mu``/``sigma`` ``(B, k, r)``, ``values (B, k)``,
-    ``duplicates (B, k, S)`` bool.
+    ``duplicates (B, k, S)`` bool. Differentiable in ``mu``, ``sigma`` and ``values``.
     """
-    _check_points(points)
-    B, k, S, r = points.shape
-    check_tensor("mu", mu, (3,))
-    check_shape("mu", mu, (B, k, r), "(B, k, r)")
-    check_shape("sigma", sigma, (B, k, r), "(B, k, r)")
-    check_shape("values", values, (B, k), "(B, k)")
-    check_shape("duplicates", duplicates, (B, k, S), "(B, k, S)")
-    fn = implementation("proportions", backend, mu.device)
-    return fn(points, mu, sigma, values, duplicates, context_size, chunk_size)
+    check_proportions_inputs(points, mu, sigma, values, duplicates, context_size, chunk_size)
+    cs = context_count(points.shape[1], context_size)[1]
+    vprime, _ = library.proportions(
+        points.to(torch.int64), mu, sigma, values, duplicates, cs,
+        min(chunk_size or cs, cs), resolve(backend, mu.device),
+    )  # fmt: skip
+    return vprime
 
 
 def contract(
@@ -111,26 +138,27 @@ def contract(
     x: torch.Tensor,
     n_out: int,
     backend: str = "auto",
+    deterministic: bool = True,
+    validate: bool = False,
 ) -> torch.Tensor:
     """Sparse W times dense x: ``(B, P)`` nonzeros, ``x (b, n_in[, c])`` -> ``(b, n_out[, c])``.
 
-    ``B == b`` gives one W per instance, ``B == 1`` one W shared by the batch (SPEC §5).
+    ``B == b`` gives one W per instance, ``B == 1`` one W shared by the batch (§5). Indices
+    must lie in ``[0, n_out)`` / ``[0, n_in)``; ``validate=True`` checks them (a host read).
     """
-    check_tensor("x", x, (2, 3))
-    check_tensor("rows", rows, (2,), floating=False)
+    check_contract_inputs(rows, cols, vprime, x, n_out)
     P = rows.shape[1]
-    for name, t in (("cols", cols), ("vprime", vprime)):
-        check_shape(name, t, tuple(rows.shape), "(B, P)")
-    if rows.shape[0] not in (1, x.shape[0]):
-        raise ValueError(
-            f"rows must have B = 1 or B = x.shape[0] = {x.shape[0]}, got B = {rows.shape[0]}"
-        )
-    if P and (int(rows.min()) < 0 or int(rows.max()) >= n_out):
+    if validate and P and (int(rows.min()) < 0 or int(rows.max()) >= n_out):
         raise ValueError(f"rows must lie in [0, n_out={n_out})")
-    if P and (int(cols.min()) < 0 or int(cols.max()) >= x.shape[1]):
+    if validate and P and (int(cols.min()) < 0 or int(cols.max()) >= x.shape[1]):
         raise ValueError(f"cols must lie in [0, x.shape[1]={x.shape[1]})")
-    fn = implementation("contract", backend, x.device)
-    return fn(rows, cols, vprime, x, n_out)
+    vector = x.dim() == 2
+    dtype = torch.promote_types(x.dtype, vprime.dtype)
+    x3 = (x.unsqueeze(-1) if vector else x).to(dtype)
+    y = library.contract(
+        rows, cols, vprime.to(dtype), x3, n_out, bool(deterministic), resolve(backend, x.device)
+    )
+    return y.squeeze(-1) if vector else y
 
 
 def densify(

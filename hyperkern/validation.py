@@ -7,9 +7,26 @@ from collections.abc import Sequence
 
 import torch
 
-from hyperkern.reference.keys import linear_fits
+from hyperkern._shared import MAX_DIM, linear_fits
+from hyperkern.backend import check_backend
+from hyperkern.seeds import check_generator
 
-BACKENDS = ("auto", "torch", "triton")
+__all__ = [
+    "check_backend",
+    "check_contract_inputs",
+    "check_proportions_inputs",
+    "check_count",
+    "check_finite",
+    "check_generator",
+    "check_index_space",
+    "check_optional_count",
+    "check_positive_shape",
+    "check_region",
+    "check_same_device",
+    "check_same_dtype",
+    "check_shape",
+    "check_tensor",
+]
 
 
 def check_tensor(name: str, t: object, ndims: Sequence[int], floating: bool = True) -> None:
@@ -76,26 +93,17 @@ def check_index_space(dims: tuple[int, ...]) -> None:
         raise ValueError(
             f"W's index space {dims} has {math.prod(dims)} tuples: too large for int64 indices"
         )
+    if max(dims) > MAX_DIM:
+        raise ValueError(f"every dimension of W must be at most 2**31 - 1, got dims {dims}")
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    """Eager only: under ``torch.compile`` the data-dependent check would break the graph."""
+    """Opt-in (``validate=True``): reads a value back to the host. Eager only: under
+    ``torch.compile`` the data-dependent check would break the graph."""
     if torch.compiler.is_compiling():
         return
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf; parameters must be finite")
-
-
-def check_generator(generator: object) -> None:
-    if generator is not None and not isinstance(generator, (int, torch.Generator)):
-        raise TypeError(
-            f"generator must be None, an int seed or a torch.Generator, got {generator!r}"
-        )
-
-
-def check_backend(backend: object) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def check_same_device(**tensors: torch.Tensor) -> None:
@@ -108,3 +116,94 @@ def check_same_dtype(**tensors: torch.Tensor) -> None:
     dtypes = {name: t.dtype for name, t in tensors.items()}
     if len(set(dtypes.values())) > 1:
         raise TypeError(f"all tensors must share one floating dtype, got {dtypes}")
+
+
+def _check_size(name: str, size: int | None) -> None:
+    if size is None:
+        return
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be an int or None, got {type(size).__name__}")
+    if size < 1:
+        raise ValueError(f"{name} must be >= 1 or None, got {size}")
+
+
+def check_proportions_inputs(
+    points: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    values: torch.Tensor,
+    duplicates: torch.Tensor,
+    context_size: int | None,
+    chunk_size: int | None,
+) -> None:
+    """Raise TypeError/ValueError naming the first bad argument."""
+    named = {"points": points, "mu": mu, "sigma": sigma, "values": values, "duplicates": duplicates}
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if points.dim() != 4:
+        raise ValueError(f"points must have shape (B, k, S, r), got {tuple(points.shape)}")
+    if points.dtype == torch.bool or points.is_complex():
+        raise TypeError(f"points must be an integer or floating tensor, got {points.dtype}")
+    if mu.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"mu must be float32 or float64, got {mu.dtype}")
+    for name in ("sigma", "values"):
+        if named[name].dtype != mu.dtype:
+            raise TypeError(
+                f"{name} must have the dtype of mu ({mu.dtype}), got {named[name].dtype}"
+            )
+    if duplicates.dtype != torch.bool:
+        raise TypeError(f"duplicates must be a bool tensor, got {duplicates.dtype}")
+    B, k, S, r = points.shape
+    shapes = {"mu": (B, k, r), "sigma": (B, k, r), "values": (B, k), "duplicates": (B, k, S)}
+    letters = {
+        "mu": "(B, k, r)",
+        "sigma": "(B, k, r)",
+        "values": "(B, k)",
+        "duplicates": "(B, k, S)",
+    }
+    for name, shape in shapes.items():
+        if tuple(named[name].shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {letters[name]} = {shape} to match points "
+                f"(B, k, S, r) = {tuple(points.shape)}, got {tuple(named[name].shape)}"
+            )
+    for name, t in named.items():
+        if t.device != mu.device:
+            raise ValueError(f"{name} is on {t.device} but mu is on {mu.device}")
+    _check_size("context_size", context_size)
+    _check_size("chunk_size", chunk_size)
+
+
+def check_contract_inputs(
+    rows: object, cols: object, vprime: object, x: object, n_out: object
+) -> None:
+    for name, t in (("rows", rows), ("cols", cols), ("vprime", vprime), ("x", x)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("rows", rows), ("cols", cols)):
+        if t.dtype != torch.int64:
+            raise TypeError(f"{name} must be int64, got dtype {t.dtype}")
+    for name, t in (("vprime", vprime), ("x", x)):
+        if t.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be float32 or float64, got dtype {t.dtype}")
+    if rows.dim() != 2:
+        raise ValueError(f"rows must have shape (B, P), got {tuple(rows.shape)}")
+    for name, t in (("cols", cols), ("vprime", vprime)):
+        if t.shape != rows.shape:
+            raise ValueError(
+                f"{name} must have the shape of rows (B, P) = {tuple(rows.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
+    if x.dim() not in (2, 3):
+        raise ValueError(f"x must have shape (b, n_in) or (b, n_in, c), got {tuple(x.shape)}")
+    if rows.shape[0] not in (1, x.shape[0]):
+        raise ValueError(
+            f"rows/cols/vprime must have B = 1 (shared W) or B = x.shape[0] = {x.shape[0]}, "
+            f"got B = {rows.shape[0]}"
+        )
+    if not isinstance(n_out, int) or isinstance(n_out, bool) or n_out < 0:
+        raise ValueError(f"n_out must be an int >= 0, got {n_out!r}")
+    devices = {t.device for t in (rows, cols, vprime, x)}
+    if len(devices) > 1:
+        raise ValueError(f"rows, cols, vprime and x must be on one device, got {devices}")

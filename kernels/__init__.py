@@ -1,11 +1,20 @@
-"""Triton kernels, one file per kernel family (kernel, launcher and autograd glue together).
+"""Triton kernels, one file per kernel family: kernels and launchers together.
 
-Each public op here has the signature of its counterpart in :mod:`hyperkern.reference`.
-Import as ``hyperkern.kernels`` only: the modules register ``hyperkern::`` custom ops.
+Each launcher has the signature of its plain-torch counterpart in :mod:`hyperkern.reference`;
+:mod:`hyperkern.library` registers both as the implementations of one ``torch.library`` op.
 """
 
-from .contract import contract
-from .keys import cantor_keys, duplicate_mask, linear_keys
-from .proportions import proportions
+from .contract import contract_dvprime, contract_forward
+from .keys import duplicate_mask_from_keys, tuple_keys
+from .proportions import proportions_backward, proportions_forward
+from .sampling import sample
 
-__all__ = ["cantor_keys", "contract", "duplicate_mask", "linear_keys", "proportions"]
+__all__ = [
+    "contract_dvprime",
+    "contract_forward",
+    "duplicate_mask_from_keys",
+    "proportions_backward",
+    "proportions_forward",
+    "sample",
+    "tuple_keys",
+]

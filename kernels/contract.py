@@ -1,4 +1,4 @@
-"""Segment-reduced sparse contraction ``y = W x`` (SPEC §5), as Triton kernels.
+"""Segment-reduced sparse contraction ``y = W x`` (docs/algorithm.md §5), as Triton kernels.
 
 W is given as ``P`` nonzeros per instance: ``rows``, ``cols``, ``vprime`` of shape ``(B, P)``.
 The dense side is ``x (b, n_in, c)``; ``B == b`` gives one W per instance and ``B == 1`` one W
@@ -18,25 +18,20 @@ the ``(in, b)`` dense side of ``Y = W X``) for a shared W.
   with ``tl.atomic_add`` and skips the sort; the summation order, and so the last bits, may
   change from run to run.
 
-Indices outside ``[0, n_out)`` / ``[0, n_in)`` contribute nothing and get ``dv' = 0`` (the
-reference raises; :func:`hyperkern.ops.contract` checks the bounds before dispatching here).
-The op ``hyperkern::contract`` (autograd through ``torch.library.register_autograd``) and
-``hyperkern::contract_dvprime`` are ``torch.library`` custom ops with fake implementations.
+Indices outside ``[0, n_out)`` / ``[0, n_in)`` contribute nothing and get ``dv' = 0``
+(:func:`hyperkern.ops.contract` checks the bounds before dispatching). :mod:`hyperkern.library`
+registers these launchers as the CUDA implementation of ``hyperkern::contract``.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-_FLOATS = (torch.float32, torch.float64)
+from hyperkern._shared import interpreting as _interpreting
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._launch import guard, on_device
 
 
 def _configs(narrow: bool, names: tuple[str, str]) -> list[triton.Config]:
@@ -253,33 +248,27 @@ def _scatter_add(
     return _unfold_batch(dst, b, c)
 
 
-# ---- custom ops --------------------------------------------------------------------------
-
-
-@torch.library.custom_op("hyperkern::contract", mutates_args=())
-def _contract_op(
+def contract_forward(
     rows: torch.Tensor,
     cols: torch.Tensor,
     vprime: torch.Tensor,
     x: torch.Tensor,
     n_out: int,
-    deterministic: bool,
+    deterministic: bool = True,
 ) -> torch.Tensor:
-    """Validated, contiguous ``(B, P)`` rows/cols/vprime and ``x (b, n_in, c)`` of one dtype."""
+    """``y[b, row_j, :] += vprime[j] x[b, col_j, :]``: ``(B, P)`` nonzeros, ``x (b, n_in, c)``
+    -> ``(b, n_out, c)``; segment-reduced (``deterministic``) or by atomic adds."""
+    rows, cols, vprime, x = guard(rows, cols, vprime.to(x.dtype), x)
     reduce = _segment_reduce if deterministic else _scatter_add
-    return reduce(rows, cols, vprime, x, n_out)
+    with on_device(x):
+        return reduce(rows, cols, vprime, x, n_out)
 
 
-@_contract_op.register_fake
-def _(rows, cols, vprime, x, n_out, deterministic):
-    return x.new_empty(x.shape[0], n_out, x.shape[2])
-
-
-@torch.library.custom_op("hyperkern::contract_dvprime", mutates_args=())
-def _dvprime_op(
+def contract_dvprime(
     rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor
 ) -> torch.Tensor:
     """``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)`` (a gather-dot)."""
+    rows, cols, x, grad_y = guard(rows, cols, x, grad_y.to(x.dtype))
     n_w, P = rows.shape
     b, n_in, c = x.shape
     n_out = grad_y.shape[1]
@@ -292,118 +281,6 @@ def _dvprime_op(
     def grid(meta):
         return (triton.cdiv(P, meta["BLOCK_P"]), n_w)
 
-    _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, x.shape[2])
+    with on_device(x):
+        _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, x.shape[2])
     return dv
-
-
-@_dvprime_op.register_fake
-def _(rows, cols, x, grad_y):
-    return x.new_empty(rows.shape)
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    rows, cols, vprime, x, n_out, deterministic = inputs
-    ctx.save_for_backward(rows, cols, vprime, x)
-    ctx.n_out = n_out
-    ctx.deterministic = deterministic
-
-
-def _backward(ctx, grad_y):
-    rows, cols, vprime, x = ctx.saved_tensors
-    grad_y = grad_y.contiguous()
-    d_vprime = d_x = None
-    if ctx.needs_input_grad[2]:
-        d_vprime = _dvprime_op(rows, cols, x, grad_y)
-    if ctx.needs_input_grad[3]:  # W^T dy: the forward with rows and cols swapped
-        d_x = _contract_op(cols, rows, vprime, grad_y, x.shape[1], ctx.deterministic)
-    return None, None, d_vprime, d_x, None, None
-
-
-_contract_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-# ---- public API ----------------------------------------------------------------------------
-
-
-def _check_inputs(
-    rows: object, cols: object, vprime: object, x: object, n_out: object
-) -> torch.device:
-    for name, t in (("rows", rows), ("cols", cols), ("vprime", vprime), ("x", x)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    for name, t in (("rows", rows), ("cols", cols)):
-        if t.dtype != torch.int64:
-            raise TypeError(f"{name} must be int64, got dtype {t.dtype}")
-    for name, t in (("vprime", vprime), ("x", x)):
-        if t.dtype not in _FLOATS:
-            raise TypeError(f"{name} must be float32 or float64, got dtype {t.dtype}")
-    if rows.dim() != 2:
-        raise ValueError(f"rows must have shape (B, P), got {tuple(rows.shape)}")
-    for name, t in (("cols", cols), ("vprime", vprime)):
-        if t.shape != rows.shape:
-            raise ValueError(
-                f"{name} must have the shape of rows (B, P) = {tuple(rows.shape)}, "
-                f"got {tuple(t.shape)}"
-            )
-    if x.dim() not in (2, 3):
-        raise ValueError(f"x must have shape (b, n_in) or (b, n_in, c), got {tuple(x.shape)}")
-    if rows.shape[0] not in (1, x.shape[0]):
-        raise ValueError(
-            f"rows/cols/vprime must have B = 1 (shared W) or B = x.shape[0] = {x.shape[0]}, "
-            f"got B = {rows.shape[0]}"
-        )
-    if not isinstance(n_out, int) or isinstance(n_out, bool) or n_out < 0:
-        raise ValueError(f"n_out must be an int >= 0, got {n_out!r}")
-    devices = {t.device for t in (rows, cols, vprime, x)}
-    if len(devices) > 1:
-        raise ValueError(f"rows, cols, vprime and x must be on one device, got {devices}")
-    device = x.device
-    if device.type != "cuda" and not _interpreting():
-        raise ValueError(
-            f"x is on {device}: the Triton kernels need CUDA tensors or TRITON_INTERPRET=1; "
-            "use hyperkern.reference.contract on CPU"
-        )
-    return device
-
-
-def contract(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    vprime: torch.Tensor,
-    x: torch.Tensor,
-    n_out: int,
-    *,
-    deterministic: bool = True,
-) -> torch.Tensor:
-    """``y[b, row] = sum_j vprime[j] * x[b, col_j]`` for a sparse W given as ``P`` nonzeros.
-
-    Triton kernels with the semantics of :func:`hyperkern.reference.contract.contract`:
-    duplicate ``(row, col)`` pairs add up; differentiable in ``vprime`` and ``x``.
-
-    Args:
-        rows: ``(B, P)`` int64 output index per nonzero, in ``[0, n_out)``.
-        cols: ``(B, P)`` int64 input index per nonzero, in ``[0, n_in)``.
-        vprime: ``(B, P)`` float32/float64 values.
-        x: ``(b, n_in)`` or ``(b, n_in, c)`` float32/float64. ``B == b``: one W per instance;
-            ``B == 1``: one W shared by the batch (``Y = W X``).
-        n_out: number of output rows.
-        deterministic: ``True`` (default) sums each output row in one program in a fixed order
-            (bitwise reproducible); ``False`` scatters with atomic adds (no sort).
-
-    Returns:
-        ``(b, n_out)`` or ``(b, n_out, c)`` in the promoted dtype of ``x`` and ``vprime``.
-        Indices out of range contribute nothing (they are not checked here).
-    """
-    _check_inputs(rows, cols, vprime, x, n_out)
-    dtype = torch.promote_types(x.dtype, vprime.dtype)
-    vector = x.dim() == 2
-    x3 = (x.unsqueeze(-1) if vector else x).to(dtype).contiguous()
-    y = _contract_op(
-        rows.contiguous(),
-        cols.contiguous(),
-        vprime.to(dtype).contiguous(),
-        x3,
-        n_out,
-        bool(deterministic),
-    )
-    return y.squeeze(-1) if vector else y

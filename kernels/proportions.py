@@ -1,4 +1,5 @@
-"""Streaming proportions ``v'`` (SPEC §4, §6): FlashAttention-style, never ``(points, means)``.
+"""Streaming proportions ``v'`` (docs/algorithm.md §4, §6), FlashAttention-style: never
+``(points, means)``.
 
 Per context of ``cs`` means and their ``P = cs * S`` points, with
 ``logd[j, m] = -0.5 * sum_d (p[j, d] - mu[m, d])^2 / sigma[m, d]`` (``-inf`` for masked points):
@@ -21,26 +22,23 @@ GPU. Contexts are addressed in place: context ``c`` of instance ``b`` holds mean
 ``c*cs .. min((c+1)*cs, k)`` and their points, so nothing is padded or copied (padding means of
 the reference carry value 0 and padding points are masked: neither changes ``v'``).
 
-``chunk_size`` (SPEC §6): the kernels' working set is already bounded by their tiles, so the
+``chunk_size`` (§6): the kernels' working set is already bounded by their tiles, so the
 chunked path only launches pass 2 once per chunk of means of every context and accumulates
 ``v'``; the result equals the unchunked one to float tolerance, as the reference's chunked path
 does. The backward is per mean and needs no chunking.
 
-The ops are ``torch.library`` custom ops (``hyperkern::proportions_fwd`` and
-``hyperkern::proportions_bwd``) with fake implementations, so ``torch.compile`` traces them
-without graph breaks. The plain-torch oracle is :func:`hyperkern.reference.proportions`.
+:mod:`hyperkern.library` registers these launchers as the CUDA implementation of the op
+``hyperkern::proportions``; the plain-torch oracle is :func:`hyperkern.reference.proportions`.
 """
-
-import os
 
 import torch
 import triton
 import triton.language as tl
-from hyperkern.reference.contexts import context_count
 
+from hyperkern._shared import context_count
+from hyperkern._shared import interpreting as _interpreting
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ._launch import guard, on_device
 
 
 def _active(sizes: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
@@ -270,13 +268,7 @@ def _layout(points: torch.Tensor, cs: int, n_splits: int | None = None):
 def _kernel_operands(points, mu, sigma, values, duplicates):
     """Contiguous operands in kernel form: float or int64 points, uint8 duplicate flags."""
     pts = points.to(mu.dtype) if points.is_floating_point() else points.to(torch.int64)
-    return (
-        pts.contiguous(),
-        mu.contiguous(),
-        sigma.contiguous(),
-        values.contiguous(),
-        duplicates.contiguous().view(torch.uint8),
-    )
+    return guard(pts, mu, sigma.to(mu.dtype), values.to(mu.dtype), duplicates.view(torch.uint8))
 
 
 def _merge_lognorm(part_max: torch.Tensor, part_sum: torch.Tensor) -> torch.Tensor:
@@ -294,13 +286,14 @@ def proportions_forward(
     values: torch.Tensor,
     duplicates: torch.Tensor,
     cs: int,
-    chunk: int,
+    chunk: int | None = None,
     n_splits: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel forward on validated inputs; ``cs`` means per context, ``chunk`` means per pass-2
-    launch. Returns ``v'`` ``(B, k, S)`` and ``lognorm`` ``(B, k)``."""
+    """Kernel forward: ``(v' (B, k, S), lognorm (B, k))``; ``cs`` means per context, ``chunk``
+    means per launch of pass 2 (shapes as in :func:`hyperkern.reference.proportions`)."""
     pts, mu, sigma, values, dup = _kernel_operands(points, mu, sigma, values, duplicates)
     B, k, S, R, n_ctx, per_split, n_splits = _layout(pts, cs, n_splits)
+    chunk = cs if chunk is None else min(chunk, cs)
     out = mu.new_zeros((B, k, S))
     if B * k == 0:
         return out, mu.new_zeros((B, k))
@@ -310,23 +303,21 @@ def proportions_forward(
     def means_grid(meta):
         return (B * n_ctx, triton.cdiv(cs, meta["BLOCK_M"]), n_splits)
 
-    _lognorm[means_grid](
-        pts, mu, sigma, dup, part_max, part_sum,
-        n_ctx, cs, k, S, R, per_split, B * k,
-    )  # fmt: skip
-    lognorm = _merge_lognorm(part_max, part_sum).reshape(B, k)
-    if S == 0:
-        return out, lognorm
-
     def points_grid(meta):
         return (B * n_ctx, triton.cdiv(cs * S, meta["BLOCK_P"]))
 
-    for start in range(0, cs, chunk):
-        _point_values[points_grid](
-            pts, mu, sigma, values, dup, lognorm, out,
-            n_ctx, cs, k, S, R, start, start + chunk,
-            ACCUMULATE=start > 0,
+    with on_device(mu):
+        _lognorm[means_grid](
+            pts, mu, sigma, dup, part_max, part_sum,
+            n_ctx, cs, k, S, R, per_split, B * k,
         )  # fmt: skip
+        lognorm = _merge_lognorm(part_max, part_sum).reshape(B, k)
+        for start in range(0, cs if S else 0, chunk):
+            _point_values[points_grid](
+                pts, mu, sigma, values, dup, lognorm, out,
+                n_ctx, cs, k, S, R, start, start + chunk,
+                ACCUMULATE=start > 0,
+            )  # fmt: skip
     return out, lognorm
 
 
@@ -344,8 +335,7 @@ def proportions_backward(
     """Kernel backward: ``grad`` ``(B, k, S)`` -> ``(dmu (B, k, r), dsigma (B, k, r),
     dvalues (B, k))``, recomputing densities from ``lognorm`` ``(B, k)``."""
     pts, mu, sigma, values, dup = _kernel_operands(points, mu, sigma, values, duplicates)
-    grad = grad.to(mu.dtype).contiguous()
-    lognorm = lognorm.contiguous()
+    grad, lognorm = guard(grad.to(mu.dtype), lognorm.to(mu.dtype))
     B, k, S, R, n_ctx, per_split, n_splits = _layout(pts, cs, n_splits)
     if B * k * S == 0:
         return torch.zeros_like(mu), torch.zeros_like(sigma), torch.zeros_like(values)
@@ -356,170 +346,15 @@ def proportions_backward(
     def means_grid(meta):
         return (B * n_ctx, triton.cdiv(cs, meta["BLOCK_M"]), n_splits)
 
-    _grad_values[means_grid](
-        pts, mu, sigma, dup, lognorm, grad, part_dval,
-        n_ctx, cs, k, S, R, per_split, B * k,
-    )  # fmt: skip
-    dvalues = part_dval.sum(0)
-    _grad_params[means_grid](
-        pts, mu, sigma, values, dup, lognorm, grad, dvalues, part_dmu, part_dsig,
-        n_ctx, cs, k, S, R, per_split, B * k,
-        BLOCK_R=triton.next_power_of_2(max(R, 1)),
-    )  # fmt: skip
+    with on_device(mu):
+        _grad_values[means_grid](
+            pts, mu, sigma, dup, lognorm, grad, part_dval,
+            n_ctx, cs, k, S, R, per_split, B * k,
+        )  # fmt: skip
+        dvalues = part_dval.sum(0)
+        _grad_params[means_grid](
+            pts, mu, sigma, values, dup, lognorm, grad, dvalues, part_dmu, part_dsig,
+            n_ctx, cs, k, S, R, per_split, B * k,
+            BLOCK_R=triton.next_power_of_2(max(R, 1)),
+        )  # fmt: skip
     return part_dmu.sum(0), part_dsig.sum(0), dvalues
-
-
-@torch.library.custom_op("hyperkern::proportions_fwd", mutates_args=())
-def proportions_fwd(
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    context_size: int,
-    chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Custom op: ``(v' (B, k, S), lognorm (B, k))``; sizes already resolved to ints."""
-    return proportions_forward(points, mu, sigma, values, duplicates, context_size, chunk_size)
-
-
-@proportions_fwd.register_fake
-def _proportions_fwd_fake(points, mu, sigma, values, duplicates, context_size, chunk_size):
-    B, k, S = points.shape[:3]
-    return mu.new_empty((B, k, S)), mu.new_empty((B, k))
-
-
-@torch.library.custom_op("hyperkern::proportions_bwd", mutates_args=())
-def proportions_bwd(
-    grad: torch.Tensor,
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    lognorm: torch.Tensor,
-    context_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Custom op: ``(dmu (B, k, r), dsigma (B, k, r), dvalues (B, k))``."""
-    return proportions_backward(grad, points, mu, sigma, values, duplicates, lognorm, context_size)
-
-
-@proportions_bwd.register_fake
-def _proportions_bwd_fake(grad, points, mu, sigma, values, duplicates, lognorm, context_size):
-    return torch.empty_like(mu), torch.empty_like(sigma), torch.empty_like(values)
-
-
-def _setup_context(ctx, inputs, output) -> None:
-    points, mu, sigma, values, duplicates, context_size, _ = inputs
-    ctx.save_for_backward(points, mu, sigma, values, duplicates, output[1])
-    ctx.context_size = context_size
-    ctx.mark_non_differentiable(output[1])
-
-
-def _backward(ctx, grad_out, _grad_lognorm):
-    points, mu, sigma, values, duplicates, lognorm = ctx.saved_tensors
-    dmu, dsigma, dvalues = proportions_bwd(
-        grad_out, points, mu, sigma, values, duplicates, lognorm, ctx.context_size
-    )
-    return None, dmu, dsigma, dvalues, None, None, None
-
-
-proportions_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _check_size(name: str, size: int | None) -> None:
-    if size is None:
-        return
-    if isinstance(size, bool) or not isinstance(size, int):
-        raise TypeError(f"{name} must be an int or None, got {type(size).__name__}")
-    if size < 1:
-        raise ValueError(f"{name} must be >= 1 or None, got {size}")
-
-
-def check_proportions_inputs(
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    context_size: int | None,
-    chunk_size: int | None,
-) -> None:
-    """Raise TypeError/ValueError naming the first bad argument."""
-    named = {"points": points, "mu": mu, "sigma": sigma, "values": values, "duplicates": duplicates}
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if points.dim() != 4:
-        raise ValueError(f"points must have shape (B, k, S, r), got {tuple(points.shape)}")
-    if points.dtype == torch.bool or points.is_complex():
-        raise TypeError(f"points must be an integer or floating tensor, got {points.dtype}")
-    if mu.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"mu must be float32 or float64, got {mu.dtype}")
-    for name in ("sigma", "values"):
-        if named[name].dtype != mu.dtype:
-            raise TypeError(
-                f"{name} must have the dtype of mu ({mu.dtype}), got {named[name].dtype}"
-            )
-    if duplicates.dtype != torch.bool:
-        raise TypeError(f"duplicates must be a bool tensor, got {duplicates.dtype}")
-    B, k, S, r = points.shape
-    shapes = {"mu": (B, k, r), "sigma": (B, k, r), "values": (B, k), "duplicates": (B, k, S)}
-    letters = {
-        "mu": "(B, k, r)",
-        "sigma": "(B, k, r)",
-        "values": "(B, k)",
-        "duplicates": "(B, k, S)",
-    }
-    for name, shape in shapes.items():
-        if tuple(named[name].shape) != shape:
-            raise ValueError(
-                f"{name} must have shape {letters[name]} = {shape} to match points "
-                f"(B, k, S, r) = {tuple(points.shape)}, got {tuple(named[name].shape)}"
-            )
-    for name, t in named.items():
-        if t.device != mu.device:
-            raise ValueError(f"{name} is on {t.device} but mu is on {mu.device}")
-    _check_size("context_size", context_size)
-    _check_size("chunk_size", chunk_size)
-    if mu.device.type != "cuda" and not _interpreting():
-        raise ValueError(
-            f"mu is on {mu.device}: the Triton kernel needs CUDA tensors or TRITON_INTERPRET=1; "
-            "use hyperkern.reference.proportions on CPU"
-        )
-
-
-def proportions(
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    context_size: int | None = None,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Value of every sampled tuple, by the streaming kernels (same contract as the reference).
-
-    ``v'[j] = sum_m values[m] * dens[j, m] / sum_j' dens[j', m]`` over the means ``m`` of the
-    context of point ``j``, with ``dens[j, m] = exp(-0.5 * sum_d (p[j, d] - mu[m, d])^2 /
-    sigma[m, d])`` and 0 for masked points. A mean whose density is 0 at every point (all its
-    context's points masked) contributes nothing.
-
-    Args:
-        points: ``(B, k, S, r)`` integer tuples (constants; floats are accepted too).
-        mu: ``(B, k, r)`` means in index space, float32 or float64.
-        sigma: ``(B, k, r)`` per-column variances (> 0), dtype of ``mu``.
-        values: ``(B, k)``, dtype of ``mu``.
-        duplicates: ``(B, k, S)`` bool, True where a point is masked.
-        context_size: means per context (``None``: all ``k``); the last context of an instance
-            may be shorter.
-        chunk_size: means per launch of the ``v'`` pass (SPEC §6); the result is the same.
-
-    Returns:
-        ``v'`` ``(B, k, S)`` in the dtype of ``mu``, differentiable in ``mu``, ``sigma`` and
-        ``values``. Needs CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1``.
-    """
-    check_proportions_inputs(points, mu, sigma, values, duplicates, context_size, chunk_size)
-    cs = context_count(points.shape[1], context_size)[1]
-    chunk = cs if chunk_size is None else min(chunk_size, cs)
-    return proportions_fwd(points, mu, sigma, values, duplicates, cs, chunk)[0]

@@ -1,19 +1,21 @@
-"""Sparse W (tuples + values) times dense x (SPEC §5)."""
+"""Sparse W (tuples + values) times dense x (docs/algorithm.md §5)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
+
+from hyperkern._shared import row_major_strides
+
+from .params import dims_tensor
 
 
 def row_major_index(points: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """``(..., len(shape))`` int64 tuples -> ``(...)`` row-major flat index over ``shape``."""
     if len(shape) == 0:
         return points.new_zeros(points.shape[:-1])
-    strides = [math.prod(shape[d + 1 :]) for d in range(len(shape))]
-    return (points * torch.tensor(strides, dtype=points.dtype, device=points.device)).sum(-1)
+    return (points * dims_tensor(row_major_strides(shape), points.device)).sum(-1)
 
 
 def flatten_tuples(
@@ -56,3 +58,35 @@ def contract(
     y = torch.zeros(b, n_out, c, dtype=out_dtype, device=x.device)
     y = y.scatter_add(1, rows.unsqueeze(-1).expand(b, P, c), gathered.to(out_dtype))
     return y.squeeze(-1) if vector else y
+
+
+def contract_forward(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vprime: torch.Tensor,
+    x: torch.Tensor,
+    n_out: int,
+    deterministic: bool = True,
+) -> torch.Tensor:
+    """:func:`contract` with the launcher signature of the kernels; ``x (b, n_in, c)``.
+    ``scatter_add`` on the CPU is deterministic whatever ``deterministic`` says."""
+    return contract(rows, cols, vprime.to(x.dtype), x, n_out)
+
+
+def contract_dvprime(
+    rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor
+) -> torch.Tensor:
+    """Gradient of :func:`contract` in ``vprime``: ``dv'[i, j] = sum_{b, c} dy[b, row_j, c]
+    x[b, col_j, c]`` (summed over the batch for a shared W, ``B == 1``).
+
+    Args:
+        rows, cols: ``(B, P)`` int64; ``x``: ``(b, n_in, c)``; ``grad_y``: ``(b, n_out, c)``.
+    Returns:
+        ``(B, P)`` in the dtype of ``x``.
+    """
+    B, P = rows.shape
+    b, _, c = x.shape
+    r3 = rows.expand(b, P).unsqueeze(-1).expand(b, P, c)
+    c3 = cols.expand(b, P).unsqueeze(-1).expand(b, P, c)
+    dv = (grad_y.gather(1, r3) * x.gather(1, c3)).sum(-1)  # (b, P)
+    return dv.sum(0, keepdim=True) if B == 1 else dv

@@ -1,37 +1,36 @@
-"""Integer keys for index tuples and the duplicate mask (SPEC §3). No gradient."""
+"""Integer keys for index tuples and the duplicate mask (docs/algorithm.md §3). No gradient."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
+from hyperkern._shared import (
+    INT64_MAX,
+    cantor_fits,
+    cantor_max,
+    linear_fits,
+    resolve_key_kind,
+    row_major_strides,
+)
+
 from .contexts import from_contexts, to_contexts
+from .params import dims_tensor
 
-INT64_MAX = 2**63 - 1
-
-
-def _cantor_pair_int(a: int, b: int) -> int:
-    return (a + b) * (a + b + 1) // 2 + b
-
-
-def cantor_max(dims: Sequence[int]) -> int:
-    """Largest nested Cantor code over ``dims`` (the code grows in every argument)."""
-    code = dims[-1] - 1
-    for d in reversed(dims[:-1]):
-        code = _cantor_pair_int(d - 1, code)
-    return code
-
-
-def cantor_fits(dims: Sequence[int]) -> bool:
-    """Whether every nested Cantor code over ``dims`` fits in int64."""
-    return cantor_max(dims) <= INT64_MAX
-
-
-def linear_fits(dims: Sequence[int]) -> bool:
-    """Whether every row-major linear index over ``dims`` fits in int64."""
-    return math.prod(dims) - 1 <= INT64_MAX
+__all__ = [
+    "INT64_MAX",
+    "cantor_fits",
+    "cantor_keys",
+    "cantor_max",
+    "duplicate_mask",
+    "duplicate_mask_from_keys",
+    "linear_fits",
+    "linear_keys",
+    "mark_sorted_duplicates",
+    "resolve_key_kind",
+    "tuple_keys",
+]
 
 
 def _cantor_pair(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -50,7 +49,7 @@ def cantor_keys(points: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(...)`` int64. Callers must check :func:`cantor_fits` first.
     """
-    code = points[..., -1]
+    code = points[..., -1].clone()  # a new tensor also for r = 1 (never a view of points)
     for d in range(points.shape[-1] - 2, -1, -1):
         code = _cantor_pair(points[..., d], code)
     return code
@@ -58,30 +57,9 @@ def cantor_keys(points: torch.Tensor) -> torch.Tensor:
 
 def linear_keys(points: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """Row-major linear index per tuple: ``(..., r)`` int64 -> ``(...)`` int64."""
-    strides = [math.prod(dims[d + 1 :]) for d in range(len(dims))]
-    strides_t = torch.tensor(strides, dtype=torch.int64, device=points.device)
-    return (points * strides_t).sum(-1)
-
-
-def resolve_key_kind(dims: Sequence[int], kind: str = "auto") -> str:
-    """``"cantor"`` or ``"linear"`` for ``kind`` over ``dims``.
-
-    ``"auto"`` takes the Cantor code where it fits int64 for ``dims`` and the linear index
-    otherwise. Raises ``ValueError`` when the chosen key cannot fit int64.
-    """
-    if kind == "auto":
-        kind = "cantor" if cantor_fits(dims) else "linear"
-    if kind == "cantor":
-        if not cantor_fits(dims):
-            raise ValueError(f"Cantor keys for dims={tuple(dims)} exceed int64")
-        return kind
-    if kind == "linear":
-        if not linear_fits(dims):
-            raise ValueError(
-                f"index space dims={tuple(dims)} has {math.prod(dims)} tuples, too many for int64"
-            )
-        return kind
-    raise ValueError(f"key kind must be 'auto', 'cantor' or 'linear', got {kind!r}")
+    if points.shape[-1] == 0:
+        return points.new_zeros(points.shape[:-1])
+    return (points * dims_tensor(row_major_strides(dims), points.device)).sum(-1)
 
 
 def tuple_keys(points: torch.Tensor, dims: Sequence[int], kind: str = "auto") -> torch.Tensor:
@@ -99,6 +77,15 @@ def mark_sorted_duplicates(keys: torch.Tensor) -> torch.Tensor:
     repeat = torch.zeros_like(sorted_keys, dtype=torch.bool)
     repeat[:, 1:] = sorted_keys[:, 1:] == sorted_keys[:, :-1]
     return torch.zeros_like(repeat).scatter_(-1, order, repeat)
+
+
+def duplicate_mask_from_keys(keys: torch.Tensor, context_size: int | None = None) -> torch.Tensor:
+    """``(B, k, S)`` int64 keys (non-negative) -> ``(B, k, S)`` bool, True where the key already
+    occurred earlier in its context (order: mean-major, then sample)."""
+    B, k, S = keys.shape
+    ctx = to_contexts(keys, context_size, pad_value=-1)  # (C, cs, S); padding keys are -1
+    repeat = mark_sorted_duplicates(ctx.reshape(ctx.shape[0], ctx.shape[1] * S)).reshape(ctx.shape)
+    return from_contexts(repeat, B, k)
 
 
 def duplicate_mask(
@@ -119,8 +106,4 @@ def duplicate_mask(
         ``(B, k, S)`` bool, True where the tuple already occurred earlier in its context
         (order: mean-major, then sample).
     """
-    keys = tuple_keys(points, dims, key_kind)  # (B, k, S)
-    B, k, S = keys.shape
-    ctx = to_contexts(keys, context_size, pad_value=-1)  # (C, cs, S); padding keys are -1
-    repeat = mark_sorted_duplicates(ctx.reshape(ctx.shape[0], ctx.shape[1] * S)).reshape(ctx.shape)
-    return from_contexts(repeat, B, k)
+    return duplicate_mask_from_keys(tuple_keys(points, dims, key_kind), context_size)

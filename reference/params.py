@@ -1,4 +1,4 @@
-"""Raw parameters -> index space (SPEC §1)."""
+"""Raw parameters -> index space (docs/algorithm.md §1)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
 
-def dims_tensor(dims: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """``dims`` as a float tensor of ``like``'s dtype and device, shape ``(r,)``."""
-    return torch.tensor(list(dims), dtype=like.dtype, device=like.device)
+
+def dims_tensor(
+    dims: Sequence[int], device: torch.device, dtype: torch.dtype = torch.int64
+) -> torch.Tensor:
+    """``dims`` as a ``(r,)`` tensor on ``device``, built once per (dims, device, dtype) and
+    cached: a tensor from a Python list is a blocking host-to-device copy on CUDA, so the hot
+    path must not build one per call."""
+    key = (tuple(int(d) for d in dims), torch.device(device), dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(key[0], dtype=dtype, device=device)
+    return _CONSTANTS[key]
 
 
 def transform_means(means_raw: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
     """``(..., k, r)`` raw means -> ``mu = sigmoid(means_raw) * (dims - 1)``, same shape."""
-    return torch.sigmoid(means_raw) * (dims_tensor(dims, means_raw) - 1)
+    scale = dims_tensor([d - 1 for d in dims], means_raw.device, means_raw.dtype)
+    return torch.sigmoid(means_raw) * scale
 
 
 def transform_sigmas(
@@ -29,4 +39,5 @@ def transform_sigmas(
     ``sigma[d] = (softplus(sigmas_raw + 2) + min_sigma) * dims[d] * sigma_scale``.
     """
     base = F.softplus(sigmas_raw + 2) + min_sigma
-    return base.unsqueeze(-1) * (dims_tensor(dims, sigmas_raw) * sigma_scale)
+    scale = dims_tensor(dims, sigmas_raw.device, sigmas_raw.dtype) * sigma_scale
+    return base.unsqueeze(-1) * scale

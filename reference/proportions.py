@@ -1,14 +1,37 @@
-"""Proportions: each sampled tuple's share of every mean's value (SPEC §4, §6).
+"""Proportions: each sampled tuple's share of every mean's value (docs/algorithm.md §4, §6).
 
-Plain torch, log space. Materialises the ``(points, means)`` density matrix per context, or per
-chunk of means when ``chunk_size`` is given (the exact chunked path of SPEC §6).
+Two plain-torch versions of one formula:
+
+- :func:`proportions` is the readable oracle: it materialises the ``(points, means)`` density
+  matrix of every context and lets autograd differentiate it.
+- :func:`proportions_forward` / :func:`proportions_backward` are the CPU path behind
+  ``hyperkern.ops.proportions``: they stream over blocks of means (so ``(P, k, r)`` never exists
+  and each block stays in cache) and the backward uses the closed-form gradients below,
+  recomputing the densities from the saved per-mean log-normalisers. With ``g = dL/dv'`` and
+  ``prop = exp(logd - lognorm)``:
+
+      dvalues[m]   = a[m] = sum_j g[j] prop[j, m]
+      dlogd[j, m]  = values[m] prop[j, m] (g[j] - a[m])
+      dmu[m, d]    = sum_j dlogd[j, m] (p[j, d] - mu[m, d]) / sigma[m, d]
+      dsigma[m, d] = sum_j dlogd[j, m] (p[j, d] - mu[m, d])^2 / (2 sigma[m, d]^2)
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .contexts import from_contexts, to_contexts
+
+__all__ = [
+    "log_densities",
+    "point_values",
+    "proportions",
+    "proportions_backward",
+    "proportions_forward",
+]
+
+_BLOCK_ELEMENTS = 1 << 18  # (contexts x points x means) per block: about 1 MiB in float32
 
 
 def log_densities(points: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -48,33 +71,18 @@ def point_values(
     return (prop * values.unsqueeze(1)).sum(-1)
 
 
-class _ChunkedPointValues(torch.autograd.Function):
-    """Exact ``point_values`` over chunks of means; backward recomputes each chunk."""
-
-    @staticmethod
-    def forward(ctx, points, mu, sigma, values, duplicates, chunk_size):
-        out = points.new_zeros(points.shape[:2])
-        for start in range(0, mu.shape[1], chunk_size):
-            part = slice(start, start + chunk_size)
-            out += point_values(points, mu[:, part], sigma[:, part], values[:, part], duplicates)
-        ctx.save_for_backward(points, mu, sigma, values, duplicates)
-        ctx.chunk_size = chunk_size
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        points, mu, sigma, values, duplicates = ctx.saved_tensors
-        grads = [torch.zeros_like(mu), torch.zeros_like(sigma), torch.zeros_like(values)]
-        for start in range(0, mu.shape[1], ctx.chunk_size):
-            part = slice(start, start + ctx.chunk_size)
-            with torch.enable_grad():
-                leaves = [t[:, part].detach().requires_grad_() for t in (mu, sigma, values)]
-                out = point_values(points, *leaves, duplicates)
-                chunk_grads = torch.autograd.grad(out, leaves, grad_out)
-            for full, g in zip(grads, chunk_grads, strict=True):
-                full[:, part] = g
-        return None, grads[0], grads[1], grads[2], None, None
+def _contexts(points, mu, sigma, values, duplicates, context_size):
+    """Context layout: points ``(C, P, r)`` in mu's dtype, mu/sigma ``(C, cs, r)``,
+    values ``(C, cs)`` (padding means carry 0), duplicates ``(C, P)`` (padding points masked)."""
+    pts = to_contexts(points.to(mu.dtype), context_size)
+    C, cs, S, r = pts.shape
+    return (
+        pts.reshape(C, cs * S, r),
+        to_contexts(mu, context_size),
+        to_contexts(sigma, context_size, pad_value=1.0),
+        to_contexts(values, context_size),
+        to_contexts(duplicates, context_size, pad_value=True).reshape(C, cs * S),
+    )
 
 
 def proportions(
@@ -90,7 +98,8 @@ def proportions(
 
     ``v'[j] = sum_m values[m] * dens[j, m] / sum_j' dens[j', m]`` with
     ``dens[j, m] = exp(-0.5 * sum_d (p[j, d] - mu[m, d])^2 / sigma[m, d])`` and 0 for masked
-    points; every point receives mass from every mean of its context.
+    points; every point receives mass from every mean of its context. Autograd differentiates
+    it (the oracle for the kernels and for :func:`proportions_backward`).
 
     Args:
         points: ``(B, k, S, r)`` int64 tuples (constants).
@@ -99,21 +108,116 @@ def proportions(
         values: ``(B, k)``.
         duplicates: ``(B, k, S)`` bool, True where a point is masked.
         context_size: means per context (``None``: all ``k``).
-        chunk_size: process this many means at a time, recomputing in backward (SPEC §6).
+        chunk_size: accepted for the kernels' signature; the oracle takes all means at once
+            (chunking does not change the result).
 
     Returns:
         ``v'`` of shape ``(B, k, S)``, dtype of ``mu``.
     """
+    B, k, S, _ = points.shape
+    pts, mu_c, sigma_c, values_c, dup_c = _contexts(
+        points, mu, sigma, values, duplicates, context_size
+    )
+    out = point_values(pts, mu_c, sigma_c, values_c, dup_c)
+    return from_contexts(out.reshape(-1, out.shape[1] // S if S else 0, S), B, k)
+
+
+def _block_logd(pts, mu, coef, dup):
+    """``(C, P, mb)`` log densities of one block of means, ``coef = -0.5 / sigma``, column by
+    column (exact differences, no expansion of the square); masked points get ``-inf``."""
+    logd = None
+    for d in range(pts.shape[-1]):
+        diff = pts[:, :, d, None] - mu[:, None, :, d]
+        term = diff * diff * coef[:, None, :, d]
+        logd = term if logd is None else logd.add_(term)
+    if logd is None:
+        logd = pts.new_zeros(pts.shape[0], pts.shape[1], mu.shape[1])
+    return logd.masked_fill_(dup[:, :, None], float("-inf"))
+
+
+def _exp_(logd: torch.Tensor) -> torch.Tensor:
+    """``exp`` in place of log densities already shifted to ``<= 0``; arguments whose result would
+    be subnormal become ``-inf`` (exactly 0) first: subnormals are tens of times slower on CPUs,
+    and the terms dropped are below ``1e-38`` of the largest (``1e-307`` in float64)."""
+    floor = -87.0 if logd.dtype in (torch.float32, torch.float16, torch.bfloat16) else -708.0
+    return F.threshold_(logd, floor, float("-inf")).exp_()
+
+
+def _blocks(C: int, P: int, cs: int, chunk: int | None):
+    per_block = max(1, _BLOCK_ELEMENTS // max(C * P, 1))
+    size = min(cs, per_block if chunk is None else min(chunk, per_block))
+    return [slice(m0, m0 + size) for m0 in range(0, cs, max(size, 1))]
+
+
+def proportions_forward(
+    points: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    values: torch.Tensor,
+    duplicates: torch.Tensor,
+    context_size: int | None,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Streaming forward: ``(v' (B, k, S), lognorm (B, k))``, shapes as in :func:`proportions`.
+
+    ``lognorm[m] = logsumexp_j logd[j, m]`` (0 where every point of the context is masked) is
+    what :func:`proportions_backward` needs besides the inputs. ``chunk_size`` caps the means per
+    block (the result does not depend on it).
+    """
+    B, k, S, _ = points.shape
+    pts, mu_c, sigma_c, values_c, dup_c = _contexts(
+        points, mu, sigma, values, duplicates, context_size
+    )
+    C, P = dup_c.shape
+    cs = mu_c.shape[1]
+    coef = -0.5 / sigma_c
+    out = mu.new_zeros(C, P)
+    lognorm = mu.new_zeros(C, cs)
+    for part in _blocks(C, P, cs, chunk_size):
+        logd = _block_logd(pts, mu_c[:, part], coef[:, part], dup_c)
+        top = logd.amax(1, keepdim=True) if P else logd.new_zeros(C, 1, logd.shape[2])
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        norm = _exp_(logd.sub_(top))  # exp(logd - top), in place
+        total = norm.sum(1, keepdim=True)
+        block_lognorm = torch.where(total > 0, total.log() + top, torch.zeros_like(top))
+        lognorm[:, part] = block_lognorm[:, 0]
+        scale = torch.where(total > 0, values_c[:, None, part] / total, torch.zeros_like(total))
+        out.add_(torch.bmm(norm, scale.transpose(1, 2)).squeeze(2))  # sum_m prop * values
+    vprime = from_contexts(out.reshape(C, cs, S), B, k)
+    return vprime, from_contexts(lognorm, B, k)
+
+
+def proportions_backward(
+    grad: torch.Tensor,
+    points: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    values: torch.Tensor,
+    duplicates: torch.Tensor,
+    lognorm: torch.Tensor,
+    context_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form backward of :func:`proportions_forward`: ``grad`` ``(B, k, S)`` ->
+    ``(dmu (B, k, r), dsigma (B, k, r), dvalues (B, k))``, recomputing the densities."""
     B, k, S, r = points.shape
-    pts = to_contexts(points.to(mu.dtype), context_size)  # (C, cs, S, r)
-    C, cs = pts.shape[:2]
-    pts = pts.reshape(C, cs * S, r)
-    mu_c = to_contexts(mu, context_size)
-    sigma_c = to_contexts(sigma, context_size, pad_value=1.0)
-    values_c = to_contexts(values, context_size)  # padding means carry value 0
-    dup_c = to_contexts(duplicates, context_size, pad_value=True).reshape(C, cs * S)
-    if chunk_size is None or chunk_size >= cs:
-        out = point_values(pts, mu_c, sigma_c, values_c, dup_c)
-    else:
-        out = _ChunkedPointValues.apply(pts, mu_c, sigma_c, values_c, dup_c, chunk_size)
-    return from_contexts(out.reshape(C, cs, S), B, k)
+    pts, mu_c, sigma_c, values_c, dup_c = _contexts(
+        points, mu, sigma, values, duplicates, context_size
+    )
+    C, P = dup_c.shape
+    cs = mu_c.shape[1]
+    g = to_contexts(grad.to(mu.dtype), context_size).reshape(C, P)
+    lognorm_c = to_contexts(lognorm, context_size)
+    coef = -0.5 / sigma_c
+    dmu, dsigma, dvalues = torch.zeros_like(mu_c), torch.zeros_like(sigma_c), mu.new_zeros(C, cs)
+    for part in _blocks(C, P, cs, None):
+        logd = _block_logd(pts, mu_c[:, part], coef[:, part], dup_c)
+        prop = _exp_(logd.sub_(lognorm_c[:, None, part]))  # (C, P, mb)
+        a = torch.bmm(g[:, None, :], prop).squeeze(1)  # (C, mb)
+        dvalues[:, part] = a
+        dlogd = prop.mul_(g[:, :, None] - a[:, None, :]).mul_(values_c[:, None, part])
+        for d in range(r):
+            diff = pts[:, :, d, None] - mu_c[:, None, part, d]
+            weighted = dlogd * diff
+            dmu[:, part, d] = weighted.sum(1) / sigma_c[:, part, d]
+            dsigma[:, part, d] = (weighted * diff).sum(1) / (2 * sigma_c[:, part, d] ** 2)
+    return from_contexts(dmu, B, k), from_contexts(dsigma, B, k), from_contexts(dvalues, B, k)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from hyperkern import reference as ref
@@ -28,3 +31,14 @@ def random_problem(
     points = ref.sample_tuples(mu, dims, n_local, n_global, generator=gen)
     dup = ref.duplicate_mask(points, dims, context_size)
     return points, mu, sigma, values, dup
+
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+#: both backends on CPU tensors: Triton runs there only under its interpreter
+BACKENDS = [
+    "torch",
+    pytest.param(
+        "triton",
+        marks=pytest.mark.skipif(not INTERPRETING, reason="CPU tensors need TRITON_INTERPRET=1"),
+    ),
+]

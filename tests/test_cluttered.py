@@ -23,8 +23,9 @@ def test_same_seed_same_images_other_seed_differs():
 def test_smaller_n_is_a_prefix_across_blocks():
     digits, labels = _digits(5)
     big, big_labels = generate_cluttered(digits, labels, 1003, seed=1, canvas=30, n_distractors=2)
-    small, small_labels = generate_cluttered(digits, labels, 1001, seed=1, canvas=30,
-                                             n_distractors=2)
+    small, small_labels = generate_cluttered(
+        digits, labels, 1001, seed=1, canvas=30, n_distractors=2
+    )
     assert np.array_equal(big[:1001], small) and np.array_equal(big_labels[:1001], small_labels)
 
 
@@ -36,7 +37,9 @@ def test_digit_placed_whole_without_distractors():
     for image, label in zip(images, out_labels, strict=True):
         digit = digits[label]
         hits = [
-            (y, x) for y in range(37 - 27) for x in range(37 - 27)
+            (y, x)
+            for y in range(37 - 27)
+            for x in range(37 - 27)
             if np.array_equal(image[y : y + 28, x : x + 28], digit)
             and int(image.sum(dtype=np.int64)) == int(digit.sum(dtype=np.int64))
         ]

@@ -20,9 +20,29 @@ from hyperkern.experiments.sort import (  # noqa: E402
 
 def _args(out, *extra: str):
     argv = [
-        "sort", "--digits", "1", "--size", "4", "--batch-size", "4", "--lr", "1e-3",
-        "--eval-instances", "16", "--eval-batch", "16", "--train-limit", "600",
-        "--test-limit", "300", "--threads", "1", "--no-progress", "--out", str(out), *extra,
+        "sort",
+        "--digits",
+        "1",
+        "--size",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--eval-instances",
+        "16",
+        "--eval-batch",
+        "16",
+        "--train-limit",
+        "600",
+        "--test-limit",
+        "300",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
     ]
     return build_parser("sort").parse_args(argv)
 
@@ -34,11 +54,31 @@ def _losses(out) -> list[float]:
 def test_runs_end_to_end_and_loss_falls(tmp_path):
     # the small MLP key network learns within seconds; the paper's ConvNet needs far longer
     out = tmp_path / "run"
-    result = run(_args(out, "--key-net", "mlp", "--batch-size", "8", "--iterations", "100",
-                       "--eval-every", "50", "--eval-instances", "64", "--eval-batch", "64"))
+    result = run(
+        _args(
+            out,
+            "--key-net",
+            "mlp",
+            "--batch-size",
+            "8",
+            "--iterations",
+            "100",
+            "--eval-every",
+            "50",
+            "--eval-instances",
+            "64",
+            "--eval-batch",
+            "64",
+        )
+    )
     assert result["finished"] and result["step"] == 100
-    for name in ("log.csv", "checkpoint.pt", "error.png", "intermediate.png",
-                 "intermediate_start.png"):
+    for name in (
+        "log.csv",
+        "checkpoint.pt",
+        "error.png",
+        "intermediate.png",
+        "intermediate_start.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert len(_losses(out)) == 100
     evals = [r for r in read_csv(out / "log.csv") if r["error"]]
@@ -55,16 +95,29 @@ def test_resume_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     run(_args(straight, "--iterations", "4", "--eval-every", "2", "--intermediate"))
     run(_args(split, "--iterations", "2", "--eval-every", "2", "--intermediate"))
-    resumed = run(_args(split, "--iterations", "4", "--eval-every", "2", "--intermediate",
-                        "--resume"))
+    resumed = run(
+        _args(split, "--iterations", "4", "--eval-every", "2", "--intermediate", "--resume")
+    )
     assert resumed["step"] == 4
     assert _losses(split) == _losses(straight)
 
 
 def test_non_power_of_two_sets_train_at_the_next_power(tmp_path):
     out = tmp_path / "ns"
-    result = run(_args(out, "--protocol", "neuralsort", "--size", "3", "--iterations", "2",
-                       "--eval-every", "2", "--intermediate"))
+    result = run(
+        _args(
+            out,
+            "--protocol",
+            "neuralsort",
+            "--size",
+            "3",
+            "--iterations",
+            "2",
+            "--eval-every",
+            "2",
+            "--intermediate",
+        )
+    )
     assert result["n"] == 3 and result["train_size"] == 4 and result["digits"] == 1
     assert 0.0 <= result["per_element_accuracy"] <= 1.0 and result["test_loss"] == ""
     assert all(torch.isfinite(torch.tensor(_losses(out))))

@@ -136,6 +136,10 @@ def test_resolve_device():
 
 
 def test_plot_curves_writes_png(tmp_path):
-    path = plot_curves({"a": ([0, 1, 2], [3.0, 2.0, 1.0]), "b": ([0, 2], [1.0, 0.5])},
-                       tmp_path / "p.png", logy=True, title="t")
+    path = plot_curves(
+        {"a": ([0, 1, 2], [3.0, 2.0, 1.0]), "b": ([0, 2], [1.0, 0.5])},
+        tmp_path / "p.png",
+        logy=True,
+        title="t",
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -57,8 +57,10 @@ def test_param_specs_count_and_roundtrip():
     target = nn.Sequential(nn.Conv2d(3, 5, 3), nn.Flatten(), nn.Linear(5 * 4 * 4, 7)).double()
     specs = param_specs(target)
     assert [s.name for s in specs] == ["0.weight", "0.bias", "2.weight", "2.bias"]
-    assert count_params(target) == 5 * 3 * 9 + 5 + 80 * 7 + 7 == sum(
-        p.numel() for p in target.parameters()
+    assert (
+        count_params(target)
+        == 5 * 3 * 9 + 5 + 80 * 7 + 7
+        == sum(p.numel() for p in target.parameters())
     )
     own = dict(target.named_parameters())
     flat = flatten_params(own, specs)
@@ -257,9 +259,7 @@ def test_per_sample_mlp_generate_is_hand_built_and_grads_flow():
         w1, (e @ hyper.weight_gen[0].T + hyper.weight_offset[0]).view(5, 6, 4)
     )
     torch.testing.assert_close(b2, e @ hyper.bias_gen[1].T + hyper.bias_offset[1])
-    hand = torch.stack(
-        [w2[b] @ torch.relu(w1[b] @ x[b] + b1[b]) + b2[b] for b in range(5)]
-    )
+    hand = torch.stack([w2[b] @ torch.relu(w1[b] @ x[b] + b1[b]) + b2[b] for b in range(5)])
     torch.testing.assert_close(hyper(x, e, path="loop"), hand)
     assert_all_params_get_grad(hyper, lambda m: m(x, e, path="outer").pow(2).mean())
 

@@ -1,4 +1,5 @@
-"""Triton segment-reduced contraction (kernels/contract.py) against the plain-torch reference.
+"""Triton segment-reduced contraction (kernels/contract.py, the op ``hyperkern::contract``)
+against the plain-torch reference.
 
 Runs the kernels under TRITON_INTERPRET=1 on CPU (tests/conftest.py) or on CUDA when present.
 """
@@ -7,10 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hyperkern.kernels.contract import _contract_op, _dvprime_op, contract
 from hyperkern.reference.contract import contract as reference_contract
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from hyperkern import library, ops
+
+
+def contract(rows, cols, vprime, x, n_out, deterministic=True):
+    """The op ``hyperkern::contract`` on its Triton implementation."""
+    return ops.contract(rows, cols, vprime, x, n_out, backend="triton", deterministic=deterministic)
+
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -132,9 +140,9 @@ def test_deterministic_runs_are_bitwise_equal(shared):
 
 def test_opcheck_custom_ops():
     rows, cols, vprime, x = _inputs(1, 2, 5, 3, 2, 2, torch.float64, seed=17)
-    torch.library.opcheck(_contract_op, (rows, cols, vprime, x, 2, True))
+    torch.library.opcheck(library.contract, (rows, cols, vprime, x, 2, True, True))
     grad_y = torch.randn(2, 2, 2, dtype=torch.float64, device=DEVICE)
-    torch.library.opcheck(_dvprime_op, (rows, cols, x.detach(), grad_y))
+    torch.library.opcheck(library.contract_dvprime, (rows, cols, x.detach(), grad_y, True))
 
 
 def test_compiles_without_graph_breaks():

@@ -10,17 +10,20 @@ import os
 
 import pytest
 import torch
-from hyperkern.kernels.proportions import (
-    proportions,
-    proportions_backward,
-    proportions_bwd,
-    proportions_forward,
-    proportions_fwd,
-)
+from hyperkern.kernels.proportions import proportions_backward, proportions_forward
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hyperkern import library, ops
 from hyperkern import reference as ref
+
+
+def proportions(points, mu, sigma, values, duplicates, context_size=None, chunk_size=None):
+    """The op ``hyperkern::proportions`` on its Triton implementation."""
+    return ops.proportions(
+        points, mu, sigma, values, duplicates, context_size, chunk_size, backend="triton"
+    )
+
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
@@ -213,11 +216,12 @@ def test_custom_ops_pass_opcheck(device):
     points, mu, sigma, values, dup, grad = make_problem(1, 3, 2, 2, torch.float64, device, seed=6)
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     leaves = [t.requires_grad_() for t in (mu, sigma, values)]
-    torch.library.opcheck(proportions_fwd, (points, *leaves, dup, 2, 1), test_utils=utils)
-    lognorm = proportions_fwd(points, mu, sigma, values, dup, 2, 1)[1]
+    op_args = (points, *leaves, dup, 2, 1, True)
+    torch.library.opcheck(library.proportions, op_args, test_utils=utils)
+    lognorm = library.proportions(*op_args)[1]
     assert not lognorm.requires_grad
-    args = (grad, points, mu.detach(), sigma.detach(), values.detach(), dup, lognorm, 2)
-    torch.library.opcheck(proportions_bwd, args, test_utils=utils)
+    args = (grad, points, mu.detach(), sigma.detach(), values.detach(), dup, lognorm, 2, True)
+    torch.library.opcheck(library.proportions_backward, args, test_utils=utils)
 
 
 def _loss(points, mu, sigma, values, dup):

@@ -50,10 +50,14 @@ def test_local_samples_stay_in_a_shifted_box_of_full_size():
 def test_same_seed_same_samples_different_seed_different_samples():
     mu = torch.rand(2, 5, 3, dtype=torch.float64) * 9
     a = ref.sample_tuples(mu, (10, 10, 10), 4, 4, generator=7)
-    b = ref.sample_tuples(mu, (10, 10, 10), 4, 4, generator=torch.Generator().manual_seed(7))
+    b = ref.sample_tuples(mu, (10, 10, 10), 4, 4, generator=torch.tensor(7))
     c = ref.sample_tuples(mu, (10, 10, 10), 4, 4, generator=8)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    d = ref.sample_tuples(mu, (10, 10, 10), 4, 4, generator=g1)
+    assert torch.equal(d, ref.sample_tuples(mu, (10, 10, 10), 4, 4, generator=g2))
+    assert not torch.equal(d, ref.sample_tuples(mu, (10, 10, 10), 4, 4, generator=g1))
 
 
 # --- keys and duplicates ----------------------------------------------------------------------

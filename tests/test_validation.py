@@ -60,7 +60,7 @@ def test_valid_arguments_pass():
 )
 def test_bad_arguments(change, error, match):
     with pytest.raises(error, match=match):
-        sparse_layer(*change(_args()))
+        sparse_layer(*change(_args()), validate=True)  # the finiteness checks are opt-in
 
 
 @pytest.mark.parametrize(
@@ -114,8 +114,9 @@ def test_ops_shape_errors():
                         torch.zeros(1, 2, 3, dtype=torch.bool))  # fmt: skip
     with pytest.raises(ValueError, match="rows must lie"):
         ops.contract(
-            torch.tensor([[5]]), torch.tensor([[0]]), torch.ones(1, 1), torch.randn(2, 3), 2
-        )
-    with pytest.raises(ValueError, match="B = 1 or B = x.shape"):
+            torch.tensor([[5]]), torch.tensor([[0]]), torch.ones(1, 1), torch.randn(2, 3), 2,
+            validate=True,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"B = 1 \(shared W\) or B = x.shape"):
         ops.contract(torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long),
                      torch.ones(3, 1), torch.randn(2, 3), 2)  # fmt: skip

@@ -22,12 +22,8 @@ EXPERIMENTS: dict[str, str] = {
 def _add_common(parser: argparse.ArgumentParser, name: str) -> None:
     common = parser.add_argument_group("common")
     common.add_argument("--seed", type=int, default=0, help="random seed")
-    common.add_argument(
-        "--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto"
-    )
-    common.add_argument(
-        "--out", type=str, default=f"runs/{name}", help="output folder"
-    )
+    common.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto")
+    common.add_argument("--out", type=str, default=f"runs/{name}", help="output folder")
     common.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint in --out if present"
     )

@@ -132,9 +132,7 @@ class GlimpseNet(nn.Module):
         grid = torch.stack(torch.broadcast_tensors(ys[..., :, None], xs[..., None, :]), dim=-1)
         return grid.reshape(b, self.glimpses * self.size * self.size, 2)
 
-    def glimpse(
-        self, x: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
+    def glimpse(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(b, 1, H, W)`` images -> ``(b, g, s, s)`` glimpses."""
         from hyperkern import ops
 

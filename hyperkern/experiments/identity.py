@@ -171,7 +171,12 @@ def _build(
     # SPEC's min_sigma is added before the scaling by dims * sigma_scale (0.1): this converts the
     # paper's tau, added after it, to the same floor in index units.
     layer = SparseLayer(
-        (size,), (size,), k, n_local=n_local, n_global=n_global, region=(region, region),
+        (size,),
+        (size,),
+        k,
+        n_local=n_local,
+        n_global=n_global,
+        region=(region, region),
         min_sigma=tau / (size * 0.1),
     )
     layer.reset_parameters(generator=gen)

@@ -167,6 +167,7 @@ def sort_loss(
 
     Returns ``(loss, SortResult)``.
     """
+
     def bce(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # the open interval keeps the gradient to soft targets (log x - log(1 - x)) finite
         return F.binary_cross_entropy(x.clamp(CLAMP_EPS, 1 - CLAMP_EPS), t.clamp(0, 1))
@@ -177,9 +178,7 @@ def sort_loss(
     if not intermediate:
         return bce(result.values, target), result
     targets = unsort_targets(target, result.steps)
-    loss = sum(
-        bce(x, t) for x, t in zip(result.intermediates, targets, strict=True)
-    )
+    loss = sum(bce(x, t) for x, t in zip(result.intermediates, targets, strict=True))
     return loss, result
 
 
@@ -232,8 +231,15 @@ def evaluate(
         per_element.append(p)
         if _is_power_of_two(keys.shape[1]):
             values = images.reshape(*keys.shape, -1)
-            loss, _ = sort_loss(keys, values, sorted_targets(values, batch_numbers), n_samples,
-                                sort_gen, args.certainty, args.intermediate)
+            loss, _ = sort_loss(
+                keys,
+                values,
+                sorted_targets(values, batch_numbers),
+                n_samples,
+                sort_gen,
+                args.certainty,
+                args.intermediate,
+            )
             loss_sum += loss.item() * keys.shape[0]
     model.train(was_training)
     exact_t, per_t = torch.cat(exact), torch.cat(per_element)
@@ -262,18 +268,27 @@ def plot_error_curve(rows: list[dict], path: Path, label: str) -> None:
 
     evals = [r for r in rows if r.get("error", "") != ""]
     fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_err.plot([int(r["step"]) for r in evals], [float(r["error"]) for r in evals], "o-",
-                label=label)
+    ax_err.plot(
+        [int(r["step"]) for r in evals], [float(r["error"]) for r in evals], "o-", label=label
+    )
     ax_err.set_ylim(0, 1)
     ax_err.set_xlabel("iterations")
     ax_err.set_ylabel("error (permutation not exact)")
     ax_err.legend()
     losses = [r for r in rows if r.get("loss", "") != ""]
-    ax_loss.plot([int(r["step"]) for r in losses], [float(r["loss"]) for r in losses],
-                 linewidth=0.8, label="train (batch)")
+    ax_loss.plot(
+        [int(r["step"]) for r in losses],
+        [float(r["loss"]) for r in losses],
+        linewidth=0.8,
+        label="train (batch)",
+    )
     tested = [r for r in evals if r.get("test_loss", "") != ""]
-    ax_loss.plot([int(r["step"]) for r in tested], [float(r["test_loss"]) for r in tested],
-                 "o-", label="test")
+    ax_loss.plot(
+        [int(r["step"]) for r in tested],
+        [float(r["test_loss"]) for r in tested],
+        "o-",
+        label="test",
+    )
     ax_loss.set_xlabel("iterations")
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
@@ -282,8 +297,9 @@ def plot_error_curve(rows: list[dict], path: Path, label: str) -> None:
     plt.close(fig)
 
 
-def plot_intermediates(xs: list[torch.Tensor], ts: list[torch.Tensor], digits: int,
-                       path: Path) -> None:
+def plot_intermediates(
+    xs: list[torch.Tensor], ts: list[torch.Tensor], digits: int, path: Path
+) -> None:
     """Paper Fig. 7 style, for one instance: left the input as it is transformed step by step
     (``x_0`` at the top), right the target as it is fed back through the transposes (``t_L`` at
     the bottom). ``xs``, ``ts``: ``L + 1`` tensors ``(m, digits * 784)``."""
@@ -293,8 +309,9 @@ def plot_intermediates(xs: list[torch.Tensor], ts: list[torch.Tensor], digits: i
     import matplotlib.pyplot as plt
 
     levels, m = len(xs), xs[0].shape[0]
-    fig, axes = plt.subplots(levels, 2 * m, figsize=(2 * m * 0.45 * digits, levels * 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        levels, 2 * m, figsize=(2 * m * 0.45 * digits, levels * 0.6), squeeze=False
+    )
     for level in range(levels):
         for side, rows in enumerate((xs, ts)):
             for j in range(m):
@@ -318,34 +335,73 @@ def plot_intermediates(xs: list[torch.Tensor], ts: list[torch.Tensor], digits: i
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the sort experiment (the dispatcher adds --seed, --device, --out, --resume,
     --eval-every, --no-progress)."""
-    parser.add_argument("--protocol", choices=sorted(PROTOCOL_DIGITS), default="paper",
-                        help="paper: 3-digit numbers, error; neuralsort: 4-digit, accuracies")
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(PROTOCOL_DIGITS),
+        default="paper",
+        help="paper: 3-digit numbers, error; neuralsort: 4-digit, accuracies",
+    )
     parser.add_argument("--size", type=int, default=4, help="items per evaluation set n")
-    parser.add_argument("--train-size", type=int, default=None,
-                        help="items per training set, a power of two (default: the next power "
-                        "of two >= --size)")
-    parser.add_argument("--digits", type=int, default=None,
-                        help="digits per number (default: 3 for paper, 4 for neuralsort)")
-    parser.add_argument("--key-net", choices=["convnet", "mlp"], default="convnet",
-                        help="convnet: paper Table 3; mlp: small per-digit MLP (quick runs)")
+    parser.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="items per training set, a power of two (default: the next power of two >= --size)",
+    )
+    parser.add_argument(
+        "--digits",
+        type=int,
+        default=None,
+        help="digits per number (default: 3 for paper, 4 for neuralsort)",
+    )
+    parser.add_argument(
+        "--key-net",
+        choices=["convnet", "mlp"],
+        default="convnet",
+        help="convnet: paper Table 3; mlp: small per-digit MLP (quick runs)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--iterations", type=int, default=100_000, help="training batches")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="random half-permutations per step (paper a = n; default n)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="random half-permutations per step (paper a = n; default n)",
+    )
     parser.add_argument("--certainty", type=float, default=10.0, help="C in sigmoid(C (x - m))")
     parser.add_argument("--intermediate", action="store_true", help="use the intermediate loss")
-    parser.add_argument("--eval-instances", type=int, default=10_000,
-                        help="test sets per evaluation (paper: 10 000)")
+    parser.add_argument(
+        "--eval-instances",
+        type=int,
+        default=10_000,
+        help="test sets per evaluation (paper: 10 000)",
+    )
     parser.add_argument("--eval-batch", type=int, default=256)
-    parser.add_argument("--eval-split", choices=["test", "val"], default="test",
-                        help="val: evaluate on the last 10k training images, train on the rest")
-    parser.add_argument("--train-limit", type=int, default=None,
-                        help="use only the first N training images (quick runs)")
-    parser.add_argument("--test-limit", type=int, default=None,
-                        help="use only the first N evaluation images (quick runs)")
-    parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop (with a checkpoint and a final evaluation) after this wall time")
+    parser.add_argument(
+        "--eval-split",
+        choices=["test", "val"],
+        default="test",
+        help="val: evaluate on the last 10k training images, train on the rest",
+    )
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=None,
+        help="use only the first N training images (quick runs)",
+    )
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="use only the first N evaluation images (quick runs)",
+    )
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="stop (with a checkpoint and a final evaluation) after this wall time",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
 
 
@@ -361,8 +417,9 @@ def _split_data(args: argparse.Namespace, digits: int) -> tuple[NumberSets, Numb
         train_labels = train_labels[: args.train_limit]
     if args.test_limit:
         test_images, test_labels = test_images[: args.test_limit], test_labels[: args.test_limit]
-    return NumberSets(train_images, train_labels, digits), NumberSets(test_images, test_labels,
-                                                                      digits)
+    return NumberSets(train_images, train_labels, digits), NumberSets(
+        test_images, test_labels, digits
+    )
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -403,9 +460,18 @@ def run(args: argparse.Namespace) -> dict:
     model = KeyNetwork(digits, args.key_net).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     step, elapsed = 0, 0.0
-    log = CSVLogger(out / "log.csv", fieldnames=[
-        "step", "loss", "test_loss", "error", "exact_accuracy", "per_element_accuracy",
-        "wall_s"])
+    log = CSVLogger(
+        out / "log.csv",
+        fieldnames=[
+            "step",
+            "loss",
+            "test_loss",
+            "error",
+            "exact_accuracy",
+            "per_element_accuracy",
+            "wall_s",
+        ],
+    )
     checkpoint_path = out / "checkpoint.pt"
     state = load_checkpoint(checkpoint_path) if args.resume else None
     if state is not None:
@@ -420,33 +486,48 @@ def run(args: argparse.Namespace) -> dict:
         log = CSVLogger(out / "log.csv", fieldnames=log.fieldnames)
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "data_gen": data_gen.get_state(), "sort_gen": sort_gen.get_state(),
-            "step": step, "elapsed": elapsed,
-            "args": {k: v for k, v in vars(args).items() if not k.startswith("_")}})
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "data_gen": data_gen.get_state(),
+                "sort_gen": sort_gen.get_state(),
+                "step": step,
+                "elapsed": elapsed,
+                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+            },
+        )
 
     def eval_and_plot() -> dict:
         metrics = evaluate(model, test, test_numbers, test_index, args, n_samples, device)
         log.log(step=step, wall_s=round(elapsed, 2), **metrics)
-        plot_error_curve(read_csv(log.path), out / "error.png",
-                         f"n={args.size}, {digits} digits")
-        _plot_example(model, test, args, train_size, n_samples, device,
-                      out / ("intermediate_start.png" if step == 0 else "intermediate.png"))
+        plot_error_curve(read_csv(log.path), out / "error.png", f"n={args.size}, {digits} digits")
+        _plot_example(
+            model,
+            test,
+            args,
+            train_size,
+            n_samples,
+            device,
+            out / ("intermediate_start.png" if step == 0 else "intermediate.png"),
+        )
         return metrics
 
     metrics = eval_and_plot() if state is None else {}
     started = time.perf_counter() - elapsed
     losses = []
     model.train()
-    for i in progress(total=args.iterations, initial=step, enabled=not args.no_progress,
-                      desc="sort"):
+    for i in progress(
+        total=args.iterations, initial=step, enabled=not args.no_progress, desc="sort"
+    ):
         numbers, index = train.sample(args.batch_size, train_size, data_gen)
         images = train.render(index, device)
         values = images.reshape(args.batch_size, train_size, -1)
         target = sorted_targets(values, numbers)
-        loss, _ = sort_loss(model(images), values, target, n_samples, sort_gen,
-                            args.certainty, args.intermediate)
+        loss, _ = sort_loss(
+            model(images), values, target, n_samples, sort_gen, args.certainty, args.intermediate
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -462,7 +543,7 @@ def run(args: argparse.Namespace) -> dict:
             break
     if not metrics:  # resumed at the end: evaluate once more
         metrics = eval_and_plot()
-    recent = losses[-min(len(losses), 50):]
+    recent = losses[-min(len(losses), 50) :]
     return {
         **metrics,
         "step": step,
@@ -478,8 +559,15 @@ def run(args: argparse.Namespace) -> dict:
 
 
 @torch.no_grad()
-def _plot_example(model: KeyNetwork, data: NumberSets, args: argparse.Namespace, size: int,
-                  n_samples: int, device: torch.device, path: Path) -> None:
+def _plot_example(
+    model: KeyNetwork,
+    data: NumberSets,
+    args: argparse.Namespace,
+    size: int,
+    n_samples: int,
+    device: torch.device,
+    path: Path,
+) -> None:
     numbers, index = data.sample(1, size, torch.Generator().manual_seed(99))
     images = data.render(index, device)
     values = images.reshape(1, size, -1)
@@ -489,8 +577,8 @@ def _plot_example(model: KeyNetwork, data: NumberSets, args: argparse.Namespace,
     keys = model(images)
     model.train(was_training)
     sort_gen = torch.Generator(device=device).manual_seed(5)
-    _, result = sort_loss(keys, values, target, n_samples, sort_gen, args.certainty,
-                          intermediate=True)
+    _, result = sort_loss(
+        keys, values, target, n_samples, sort_gen, args.certainty, intermediate=True
+    )
     ts = unsort_targets(target, result.steps)
-    plot_intermediates([x[0] for x in result.intermediates], [t[0] for t in ts], data.digits,
-                       path)
+    plot_intermediates([x[0] for x in result.intermediates], [t[0] for t in ts], data.digits, path)

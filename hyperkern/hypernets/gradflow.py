@@ -60,9 +60,7 @@ def _detached(
         if not tensor.requires_grad or tensor.grad_fn is None:
             broken.append(name)
             continue
-        grads = torch.autograd.grad(
-            tensor.sum(), leaves, retain_graph=True, allow_unused=True
-        )
+        grads = torch.autograd.grad(tensor.sum(), leaves, retain_graph=True, allow_unused=True)
         if all(g is None for g in grads):
             broken.append(name)
     return broken

@@ -68,9 +68,7 @@ class ScalingHypernetwork(nn.Module):
     def target(self) -> nn.Module:
         return self._target.module
 
-    def scales(
-        self, z: torch.Tensor | None = None, task: int | torch.Tensor = 0
-    ) -> torch.Tensor:
+    def scales(self, z: torch.Tensor | None = None, task: int | torch.Tensor = 0) -> torch.Tensor:
         """All generated scales concatenated: ``(s,)`` or ``(b, s)``."""
         return self.scale_head(select_embedding(self.embeddings, z, task))
 

@@ -39,9 +39,7 @@ def param_specs(module: nn.Module) -> list[ParamSpec]:
 def count_params(module_or_specs: nn.Module | list[ParamSpec]) -> int:
     """Total number of scalars the hypernetwork must generate for the target."""
     specs = (
-        param_specs(module_or_specs)
-        if isinstance(module_or_specs, nn.Module)
-        else module_or_specs
+        param_specs(module_or_specs) if isinstance(module_or_specs, nn.Module) else module_or_specs
     )
     return sum(spec.numel for spec in specs)
 
@@ -105,6 +103,7 @@ def per_sample_forward(
     Returns:
         ``(b, *out)`` with ``out[b] = module[params[b]](x[b])``.
     """
+
     def one_sample(p: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
         return functional_forward(module, p, xb.unsqueeze(0)).squeeze(0)
 

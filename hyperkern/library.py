@@ -1,0 +1,320 @@
+"""The ``torch.library`` ops of hyperkern, each defined once (docs/algorithm.md §2-§5).
+
+Every op has two implementations with one signature: the plain-torch launcher from
+:mod:`hyperkern.reference` (the CPU path and the oracle) and the Triton launcher from
+:mod:`hyperkern.kernels` (the CUDA path; CPU under ``TRITON_INTERPRET=1``). The ``triton`` flag
+of each op picks one; callers resolve it once from ``backend=`` (:func:`hyperkern.backend.resolve`).
+Fake implementations let ``torch.compile(fullgraph=True)`` trace the ops, and autograd is
+registered once per op. No implementation reads a device value on the host.
+
+- ``hyperkern::sample``: tuples, keys and flat ``(row, col)`` from means and a seed tensor;
+- ``hyperkern::duplicate_mask``: repeats of a key within a context;
+- ``hyperkern::proportions`` (+ ``proportions_backward``): ``v'`` and per-mean normalisers;
+- ``hyperkern::contract`` (+ ``contract_dvprime``): ``y = W x``;
+- ``hyperkern::sparse_weight`` (+ ``sparse_weight_backward``): raw parameters -> the sampled W's
+  ``(rows, cols, v')``: transforms, ``sample``, ``duplicate_mask`` and ``proportions`` in one
+  op, so that a layer step issues a handful of ops.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from hyperkern import reference
+
+_kernels: ModuleType | None = None
+
+
+def _impl(triton: bool) -> ModuleType:
+    """The launcher module: :mod:`hyperkern.kernels` (imported once) or the reference."""
+    global _kernels
+    if not triton:
+        return reference
+    if _kernels is None:
+        import hyperkern.kernels as kernels
+
+        _kernels = kernels
+    return _kernels
+
+
+# ---- sample ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("hyperkern::sample", mutates_args=())
+def sample(
+    mu: torch.Tensor,
+    seed: torch.Tensor,
+    dims: list[int],
+    n_out_dims: int,
+    n_local: int,
+    n_global: int,
+    region: list[int],
+    cantor: bool,
+    triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mu (B, k, r)``, ``seed ()`` -> ``points (B, k, S, r)``, ``keys``, ``rows``, ``cols``
+    ``(B, k, S)``, all int64."""
+    fn = _impl(triton).sample
+    return fn(mu, seed, dims, n_out_dims, n_local, n_global, region, cantor)
+
+
+@sample.register_fake
+def _(mu, seed, dims, n_out_dims, n_local, n_global, region, cantor, triton):
+    B, k, r = mu.shape
+    S = 2**r + n_local + n_global
+    flat = [mu.new_empty((B, k, S), dtype=torch.int64) for _ in range(3)]
+    return (mu.new_empty((B, k, S, r), dtype=torch.int64), *flat)
+
+
+# ---- duplicate mask -------------------------------------------------------------------------
+
+
+@torch.library.custom_op("hyperkern::duplicate_mask", mutates_args=())
+def duplicate_mask(keys: torch.Tensor, context_size: int, triton: bool) -> torch.Tensor:
+    """``(B, k, S)`` int64 keys -> ``(B, k, S)`` bool, True at repeats within a context."""
+    return _impl(triton).duplicate_mask_from_keys(keys, context_size).contiguous()
+
+
+@duplicate_mask.register_fake
+def _(keys, context_size, triton):
+    return torch.empty_like(keys, dtype=torch.bool)
+
+
+# ---- proportions ----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("hyperkern::proportions", mutates_args=())
+def proportions(
+    points: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    values: torch.Tensor,
+    duplicates: torch.Tensor,
+    context_size: int,
+    chunk_size: int,
+    triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(v' (B, k, S), lognorm (B, k))``; see :func:`hyperkern.reference.proportions`."""
+    fn = _impl(triton).proportions_forward
+    return fn(points, mu, sigma, values, duplicates, context_size, chunk_size)
+
+
+@proportions.register_fake
+def _(points, mu, sigma, values, duplicates, context_size, chunk_size, triton):
+    B, k, S = points.shape[:3]
+    return mu.new_empty((B, k, S)), mu.new_empty((B, k))
+
+
+@torch.library.custom_op("hyperkern::proportions_backward", mutates_args=())
+def proportions_backward(
+    grad: torch.Tensor,
+    points: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    values: torch.Tensor,
+    duplicates: torch.Tensor,
+    lognorm: torch.Tensor,
+    context_size: int,
+    triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dmu (B, k, r), dsigma (B, k, r), dvalues (B, k))``."""
+    fn = _impl(triton).proportions_backward
+    return fn(grad, points, mu, sigma, values, duplicates, lognorm, context_size)
+
+
+@proportions_backward.register_fake
+def _(grad, points, mu, sigma, values, duplicates, lognorm, context_size, triton):
+    return torch.empty_like(mu), torch.empty_like(sigma), torch.empty_like(values)
+
+
+def _proportions_setup(ctx, inputs, output) -> None:
+    points, mu, sigma, values, duplicates, context_size, _, triton = inputs
+    ctx.save_for_backward(points, mu, sigma, values, duplicates, output[1])
+    ctx.context_size, ctx.triton = context_size, triton
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _proportions_grad(ctx, grad_vprime, _grad_lognorm):
+    if grad_vprime is None:
+        return (None,) * 8
+    points, mu, sigma, values, duplicates, lognorm = ctx.saved_tensors
+    dmu, dsigma, dvalues = proportions_backward(
+        grad_vprime.contiguous(), points, mu, sigma, values, duplicates, lognorm,
+        ctx.context_size, ctx.triton,
+    )  # fmt: skip
+    return None, dmu, dsigma, dvalues, None, None, None, None
+
+
+proportions.register_autograd(_proportions_grad, setup_context=_proportions_setup)
+
+
+# ---- contraction ----------------------------------------------------------------------------
+
+
+@torch.library.custom_op("hyperkern::contract", mutates_args=())
+def contract(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    vprime: torch.Tensor,
+    x: torch.Tensor,
+    n_out: int,
+    deterministic: bool,
+    triton: bool,
+) -> torch.Tensor:
+    """``(B, P)`` nonzeros times ``x (b, n_in, c)`` -> ``(b, n_out, c)``."""
+    return _impl(triton).contract_forward(rows, cols, vprime, x, n_out, deterministic)
+
+
+@contract.register_fake
+def _(rows, cols, vprime, x, n_out, deterministic, triton):
+    return x.new_empty(x.shape[0], n_out, x.shape[2])
+
+
+@torch.library.custom_op("hyperkern::contract_dvprime", mutates_args=())
+def contract_dvprime(
+    rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor, triton: bool
+) -> torch.Tensor:
+    """``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)``."""
+    return _impl(triton).contract_dvprime(rows, cols, x, grad_y)
+
+
+@contract_dvprime.register_fake
+def _(rows, cols, x, grad_y, triton):
+    return x.new_empty(rows.shape)
+
+
+def _contract_setup(ctx, inputs, output) -> None:
+    rows, cols, vprime, x, n_out, deterministic, triton = inputs
+    ctx.save_for_backward(rows, cols, vprime, x)
+    ctx.deterministic, ctx.triton = deterministic, triton
+
+
+def _contract_grad(ctx, grad_y):
+    rows, cols, vprime, x = ctx.saved_tensors
+    grad_y = grad_y.contiguous()
+    d_vprime = d_x = None
+    if ctx.needs_input_grad[2]:
+        d_vprime = contract_dvprime(rows, cols, x, grad_y, ctx.triton)
+    if ctx.needs_input_grad[3]:  # W^T dy: the forward with rows and cols swapped
+        d_x = contract(cols, rows, vprime, grad_y, x.shape[1], ctx.deterministic, ctx.triton)
+    return None, None, d_vprime, d_x, None, None, None
+
+
+contract.register_autograd(_contract_grad, setup_context=_contract_setup)
+
+
+# ---- the sampled W from raw parameters ------------------------------------------------------
+
+
+def _transforms(means, sigmas, dims, sigma_scale, min_sigma):
+    mu = reference.transform_means(means, dims)
+    sigma = reference.transform_sigmas(sigmas, dims, sigma_scale, min_sigma)
+    return mu, sigma
+
+
+@torch.library.custom_op("hyperkern::sparse_weight", mutates_args=())
+def sparse_weight(
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    values: torch.Tensor,
+    seed: torch.Tensor,
+    dims: list[int],
+    n_out_dims: int,
+    n_local: int,
+    n_global: int,
+    region: list[int],
+    sigma_scale: float,
+    min_sigma: float,
+    context_size: int,
+    chunk_size: int,
+    cantor: bool,
+    triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw ``means (B, k, r)``, ``sigmas (B, k)``, ``values (B, k)`` -> ``rows``, ``cols``,
+    ``v'`` ``(B, P)`` and, for the backward, ``points (B, k, S, r)``, ``duplicates (B, k, S)``,
+    ``lognorm (B, k)``."""
+    impl = _impl(triton)
+    mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma)
+    points, keys, rows, cols = impl.sample(
+        mu, seed, dims, n_out_dims, n_local, n_global, region, cantor
+    )
+    duplicates = impl.duplicate_mask_from_keys(keys, context_size).contiguous()
+    vprime, lognorm = impl.proportions_forward(
+        points, mu, sigma, values, duplicates, context_size, chunk_size
+    )
+    return rows.flatten(1), cols.flatten(1), vprime.flatten(1), points, duplicates, lognorm
+
+
+@sparse_weight.register_fake
+def _(means, sigmas, values, seed, dims, n_out_dims, n_local, n_global, region, *_):
+    B, k, r = means.shape
+    S = 2**r + n_local + n_global
+    flat = [means.new_empty((B, k * S), dtype=torch.int64) for _ in range(2)]
+    return (
+        *flat,
+        means.new_empty((B, k * S)),
+        means.new_empty((B, k, S, r), dtype=torch.int64),
+        means.new_empty((B, k, S), dtype=torch.bool),
+        means.new_empty((B, k)),
+    )
+
+
+@torch.library.custom_op("hyperkern::sparse_weight_backward", mutates_args=())
+def sparse_weight_backward(
+    grad_vprime: torch.Tensor,
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    values: torch.Tensor,
+    points: torch.Tensor,
+    duplicates: torch.Tensor,
+    lognorm: torch.Tensor,
+    dims: list[int],
+    sigma_scale: float,
+    min_sigma: float,
+    context_size: int,
+    triton: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dmeans (B, k, r), dsigmas (B, k), dvalues (B, k))`` from ``dv' (B, P)``: the
+    proportions backward, then the chain rule through the two transforms."""
+    mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma)
+    grad = grad_vprime.reshape(points.shape[:3])
+    dmu, dsigma, dvalues = _impl(triton).proportions_backward(
+        grad, points, mu, sigma, values, duplicates, lognorm, context_size
+    )
+    s = torch.sigmoid(means)
+    dmeans = (
+        dmu * s * (1 - s) * reference.dims_tensor([d - 1 for d in dims], means.device, means.dtype)
+    )
+    scale = reference.dims_tensor(dims, sigmas.device, sigmas.dtype) * sigma_scale
+    dsigmas = (dsigma * scale).sum(-1) * torch.sigmoid(sigmas + 2)
+    return dmeans, dsigmas, dvalues.to(values.dtype)
+
+
+@sparse_weight_backward.register_fake
+def _(grad_vprime, means, sigmas, values, *_):
+    return torch.empty_like(means), torch.empty_like(sigmas), torch.empty_like(values)
+
+
+def _sparse_weight_setup(ctx, inputs, output) -> None:
+    means, sigmas, values, _, dims, _, _, _, _, sigma_scale, min_sigma, cs, _, _, triton = inputs
+    _, _, _, points, duplicates, lognorm = output
+    ctx.save_for_backward(means, sigmas, values, points, duplicates, lognorm)
+    ctx.options = (dims, sigma_scale, min_sigma, cs, triton)
+    ctx.mark_non_differentiable(*output[:2], *output[3:])
+    ctx.set_materialize_grads(False)  # no zero gradients for the five integer/saved outputs
+
+
+def _sparse_weight_grad(ctx, _rows, _cols, grad_vprime, *_):
+    if grad_vprime is None:
+        return (None,) * 15
+    means, sigmas, values, points, duplicates, lognorm = ctx.saved_tensors
+    grads = sparse_weight_backward(
+        grad_vprime.contiguous(), means, sigmas, values, points, duplicates, lognorm, *ctx.options
+    )
+    return (*grads, *[None] * 12)
+
+
+sparse_weight.register_autograd(_sparse_weight_grad, setup_context=_sparse_weight_setup)
