@@ -19,7 +19,6 @@ Two plain-torch versions of one formula:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .contexts import from_contexts, to_contexts
 
@@ -136,11 +135,13 @@ def _block_logd(pts, mu, coef, dup):
 
 
 def _exp_(logd: torch.Tensor) -> torch.Tensor:
-    """``exp`` in place of log densities already shifted to ``<= 0``; arguments whose result would
-    be subnormal become ``-inf`` (exactly 0) first: subnormals are tens of times slower on CPUs,
-    and the terms dropped are below ``1e-38`` of the largest (``1e-307`` in float64)."""
-    floor = -87.0 if logd.dtype in (torch.float32, torch.float16, torch.bfloat16) else -708.0
-    return F.threshold_(logd, floor, float("-inf")).exp_()
+    """``exp`` in place of log densities already shifted to ``<= 0``, with arguments clamped
+    where the result would underflow (``-87`` in float32, ``-708`` in float64): CPUs take a slow
+    path for every result that underflows (also ``exp(-inf)``), tens of times slower. The clamped
+    terms are below ``1e-38`` of the largest term of their mean (``1e-307`` in float64), so
+    normalisers and gradients do not change; masked points get exactly 0 afterwards."""
+    floor = -708.0 if logd.dtype == torch.float64 else -87.0
+    return logd.clamp_(min=floor).exp_()
 
 
 def _blocks(C: int, P: int, cs: int, chunk: int | None):
@@ -183,6 +184,7 @@ def proportions_forward(
         lognorm[:, part] = block_lognorm[:, 0]
         scale = torch.where(total > 0, values_c[:, None, part] / total, torch.zeros_like(total))
         out.add_(torch.bmm(norm, scale.transpose(1, 2)).squeeze(2))  # sum_m prop * values
+    out.masked_fill_(dup_c, 0.0)
     vprime = from_contexts(out.reshape(C, cs, S), B, k)
     return vprime, from_contexts(lognorm, B, k)
 
@@ -205,7 +207,7 @@ def proportions_backward(
     )
     C, P = dup_c.shape
     cs = mu_c.shape[1]
-    g = to_contexts(grad.to(mu.dtype), context_size).reshape(C, P)
+    g = to_contexts(grad.to(mu.dtype), context_size).reshape(C, P).masked_fill(dup_c, 0.0)
     lognorm_c = to_contexts(lognorm, context_size)
     coef = -0.5 / sigma_c
     dmu, dsigma, dvalues = torch.zeros_like(mu_c), torch.zeros_like(sigma_c), mu.new_zeros(C, cs)
