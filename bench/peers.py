@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import pytest
 import torch
 
 from hyperkern import reference
@@ -203,6 +204,15 @@ def contraction_fn(impl: str, device: torch.device) -> Callable:
 LAYER_SEED = 1
 
 
+def _compiled_dense_proportions() -> Callable:
+    if "dense" not in _COMPILED:
+        _COMPILED["dense"] = torch.compile(dense_proportions, dynamic=False)
+    return _COMPILED["dense"]
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
 def layer_fn(impl: str, case, device: torch.device) -> Callable:
     """``(x, means, sigmas, values) -> y`` for layer ``impl`` (triton, torch or a peer), with
     ``case``'s out size, context and chunk sizes, sampling with a fixed seed."""
@@ -210,6 +220,11 @@ def layer_fn(impl: str, case, device: torch.device) -> Callable:
 
     options = dict(context_size=case.context_size, chunk_size=case.chunk_size,
                    generator=LAYER_SEED)  # fmt: skip
+    if impl == "dense_prop_compiled":  # the original algorithm given inductor's fusion
+        if device.type != "cuda":
+            pytest.skip("the compiled dense baseline runs on CUDA (inductor's CPU build is slow)")
+        parts = dict(LAYER_PEERS["dense_prop"], proportions_fn=_compiled_dense_proportions())
+        return lambda *args: layer_pipeline(*args, (case.n_out,), **parts, **options)
     if impl in LAYER_PEERS:
         return lambda *args: layer_pipeline(*args, (case.n_out,), **LAYER_PEERS[impl], **options)
     if impl == "triton":

@@ -4,7 +4,8 @@ One W ``(n_out, n_in)`` with ``k`` free means shared by a batch of ``b`` rows: t
 duplicate mask, proportions, contraction, backward to the input, means, sigmas and values.
 Implementations: hyperkern Triton, hyperkern plain torch, ``torch_sparse`` (hyperkern's torch
 proportions + ``torch.sparse.mm``), ``dense_prop`` (the original code: probability-space dense
-proportions + ``torch.sparse.mm``). Sweeps: k (means), batch.
+proportions + ``torch.sparse.mm``), ``dense_prop_compiled`` (the same under ``torch.compile``,
+CUDA only). Sweeps: k (means), batch.
 """
 
 import pytest
@@ -15,7 +16,7 @@ from peers import layer_fn, train_step
 from sweeps import dense_elements
 
 HK_GROUP = "layer_train_step"
-IMPLS = ["triton", "torch", "torch_sparse", "dense_prop"]
+IMPLS = ["triton", "torch", "torch_sparse", "dense_prop", "dense_prop_compiled"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
