@@ -21,6 +21,21 @@ PHILOX_ROUND_A = 0xD2511F53
 PHILOX_ROUND_B = 0xCD9E8D57
 
 
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
+def constant(
+    values: Sequence[int], device: torch.device, dtype: torch.dtype = torch.int64
+) -> torch.Tensor:
+    """``values`` as a ``(len(values),)`` tensor on ``device``, built once per (values, device,
+    dtype) and cached: a tensor from a Python list is a blocking host-to-device copy on CUDA, so
+    the hot path must not build one per call."""
+    key = (tuple(int(v) for v in values), torch.device(device), dtype)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = torch.tensor(key[0], dtype=dtype, device=device)
+    return _CONSTANTS[key]
+
+
 def interpreting() -> bool:
     """Whether Triton runs under its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

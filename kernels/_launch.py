@@ -1,4 +1,4 @@
-"""The one launch guard every kernel entry goes through, and cached index constants."""
+"""The one launch guard every kernel entry goes through."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import contextlib
 import torch
 
 from hyperkern._shared import interpreting
-
-_CONSTANTS: dict[tuple, torch.Tensor] = {}
 
 
 def guard(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -31,12 +29,3 @@ def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
-
-
-def cached_ints(values: list[int], device: torch.device) -> torch.Tensor:
-    """``values`` as an int64 tensor on ``device``, built once per (values, device): the hot
-    path never copies a Python list to the device."""
-    key = (tuple(values), torch.device(device))
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.tensor(key[0], dtype=torch.int64, device=device)
-    return _CONSTANTS[key]

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from hyperkern._shared import (
+    constant,
     from_contexts,
     interpreting,
     resolve_key_kind,
@@ -25,7 +26,7 @@ from hyperkern._shared import (
     to_contexts,
 )
 
-from ._launch import cached_ints, guard, on_device
+from ._launch import guard, on_device
 
 
 def _block() -> int:
@@ -87,7 +88,7 @@ def tuple_keys(points: torch.Tensor, dims: list[int], kind: str = "auto") -> tor
     if r == 0:  # no coordinates: every tuple is the same (empty) tuple
         return keys.zero_()
     (flat,) = guard(points)
-    strides = cached_ints(row_major_strides(dims), points.device)
+    strides = constant(row_major_strides(dims), points.device)
     block = _block()
     with on_device(flat):
         _keys_kernel[(triton.cdiv(n, block),)](flat, strides, keys, n, r, cantor, block)

@@ -26,11 +26,12 @@ from hyperkern._shared import (
     PHILOX_ROUND_A,
     PHILOX_ROUND_B,
     PHILOX_ROUNDS,
+    constant,
     interpreting,
     row_major_strides,
 )
 
-from ._launch import cached_ints, guard, on_device
+from ._launch import guard, on_device
 from .keys import cantor_step
 
 _KEY_A = tl.constexpr(PHILOX_KEY_A)
@@ -136,7 +137,7 @@ def sample(
     if N == 0:
         return points, keys, rows, cols
     out_dims, in_dims = dims[:n_out_dims], dims[n_out_dims:]
-    meta = cached_ints(
+    meta = constant(
         [*dims, *region, *row_major_strides(dims),
          *row_major_strides(out_dims), *[0] * len(in_dims),
          *[0] * len(out_dims), *row_major_strides(in_dims)],

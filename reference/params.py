@@ -7,19 +7,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-_CONSTANTS: dict[tuple, torch.Tensor] = {}
+from hyperkern._shared import constant
 
 
 def dims_tensor(
     dims: Sequence[int], device: torch.device, dtype: torch.dtype = torch.int64
 ) -> torch.Tensor:
-    """``dims`` as a ``(r,)`` tensor on ``device``, built once per (dims, device, dtype) and
-    cached: a tensor from a Python list is a blocking host-to-device copy on CUDA, so the hot
-    path must not build one per call."""
-    key = (tuple(int(d) for d in dims), torch.device(device), dtype)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.tensor(key[0], dtype=dtype, device=device)
-    return _CONSTANTS[key]
+    """``dims`` as a cached ``(r,)`` tensor on ``device`` (:func:`hyperkern._shared.constant`)."""
+    return constant(dims, device, dtype)
 
 
 def transform_means(means_raw: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
