@@ -101,7 +101,7 @@ def plot_means(layer: SparseLayer, path: Path, generator: torch.Generator) -> No
         used = layer.values.abs() >= 0.05 * layer.values.abs().max().clamp_min(1e-12)
         opts = layer.options
         points = ops.sample_tuples(
-            mu, layer.dims, opts["n_local"], opts["n_global"], opts["region"], generator
+            mu, layer.dims, opts.n_local, opts.n_global, opts.region, generator
         )[0].reshape(-1, 2)
     size = layer.dims[0]
     fig, ax = plt.subplots(figsize=(5, 5))

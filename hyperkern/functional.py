@@ -9,15 +9,12 @@ import torch
 
 from hyperkern import library, reference
 from hyperkern._shared import context_count, default_region, resolve_key_kind
-from hyperkern.backend import check_backend, resolve
+from hyperkern.backend import resolve
+from hyperkern.options import SparseOptions, check_sizes
 from hyperkern.seeds import check_generator, seed_tensor
 from hyperkern.validation import (
-    check_count,
     check_finite,
     check_index_space,
-    check_optional_count,
-    check_positive_shape,
-    check_region,
     check_same_device,
     check_same_dtype,
     check_shape,
@@ -25,17 +22,17 @@ from hyperkern.validation import (
 )
 
 
-def _check_layer_args(
+def _check_tensors(
     x: torch.Tensor,
     means: torch.Tensor,
     sigmas: torch.Tensor,
     values: torch.Tensor,
     out_shape: object,
-    **options: object,
-) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """Validate :func:`sparse_layer`'s arguments; return ``out_shape`` and the region."""
+    options: SparseOptions,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | None]:
+    """Validate the tensors against each other; return ``out_shape``, ``dims`` and the region."""
     check_tensor("x", x, tuple(range(2, 64)))
-    out_shape = check_positive_shape("out_shape", out_shape)
+    out_shape = check_sizes("out_shape", out_shape)
     in_shape = tuple(x.shape[1:])
     if not all(s > 0 for s in in_shape):
         raise ValueError(f"x must be (b, *in_shape) with every in_shape size > 0, got {in_shape}")
@@ -44,7 +41,7 @@ def _check_layer_args(
     check_tensor("means", means, (2, 3))
     check_tensor("sigmas", sigmas, (1, 2))
     check_tensor("values", values, (1, 2))
-    check_same_dtype(x=x, means=means, sigmas=sigmas, values=values)
+    check_same_dtype(means=means, sigmas=sigmas, values=values)
     check_same_device(x=x, means=means, sigmas=sigmas, values=values)
     k = means.shape[-2]
     if k < 1:
@@ -60,21 +57,11 @@ def _check_layer_args(
         check_shape("sigmas", sigmas, (b, k), "(b, k)")
         check_shape("values", values, (b, k), "(b, k)")
     check_index_space(dims)
-    region = check_region(options["region"], dims)
-    check_count("n_local", options["n_local"])
-    check_count("n_global", options["n_global"])
-    check_optional_count("context_size", options["context_size"], 1)
-    check_optional_count("chunk_size", options["chunk_size"], 1)
-    if not options["sigma_scale"] > 0:
-        raise ValueError(f"sigma_scale must be > 0, got {options['sigma_scale']}")
-    if not options["min_sigma"] >= 0:
-        raise ValueError(f"min_sigma must be >= 0, got {options['min_sigma']}")
-    check_generator(options["generator"])
-    check_backend(options["backend"])
-    if options["validate"]:
+    region = options.check_region(dims)
+    if options.validate:
         for name, t in (("means", means), ("sigmas", sigmas), ("values", values)):
             check_finite(name, t)
-    return out_shape, region
+    return out_shape, dims, region
 
 
 def sparse_layer(
@@ -95,6 +82,8 @@ def sparse_layer(
     training: bool = True,
     deterministic: bool | None = None,
     validate: bool = False,
+    eval_mode: str = "round",
+    eval_samples: int = 8,
 ) -> torch.Tensor:
     """Apply a sparse W, given by continuous index tuples, to ``x``.
 
@@ -103,10 +92,11 @@ def sparse_layer(
     ``hyperkern::contract``) and reads nothing back to the host.
 
     Args:
-        x: ``(b, *in_shape)``. NaN or inf in ``x`` propagate to the outputs they touch.
+        x: ``(b, *in_shape)``, any floating dtype (the layer computes in the promoted dtype of
+            ``x`` and the parameters). NaN or inf in ``x`` propagate to the outputs they touch.
         means: raw means, ``(k, r)`` for one W shared by the batch or ``(b, k, r)`` per instance.
-        sigmas: raw widths, ``(k,)`` or ``(b, k)``.
-        values: ``(k,)`` or ``(b, k)``.
+        sigmas: raw widths, ``(k,)`` or ``(b, k)``; dtype of ``means``.
+        values: ``(k,)`` or ``(b, k)``; dtype of ``means``.
         out_shape: shape of the output per instance.
         n_local, n_global: local and global samples per mean (plus ``2**r`` corners).
         region: ``(r,)`` local sampling box; default ``max(2, ceil(log2 dim))`` per column.
@@ -116,13 +106,13 @@ def sparse_layer(
         generator: int seed, ``torch.Generator``, ``()`` int64 seed tensor or ``None`` (torch's
             global RNG); see :mod:`hyperkern.seeds`. Same seed, same samples on either backend.
         backend: ``"auto"`` (Triton on CUDA tensors), ``"torch"`` or ``"triton"``.
-        training: ``False`` skips sampling: each mean is rounded to its nearest tuple and
-            carries its full value (means rounding onto the same tuple add up).
+        training: ``False`` evaluates as ``eval_mode`` says instead of sampling.
         deterministic: sum each output row in a fixed order (bitwise reproducible) instead of
             atomic adds; default ``True`` for a shared W and ``False`` for one W per instance,
             where it saves a global sort. The CPU path is always deterministic.
         validate: also check that the parameters are finite (reads a value back to the host,
             so it is off by default; turn it on while debugging).
+        eval_mode, eval_samples: see :class:`hyperkern.options.SparseOptions`.
 
     Returns:
         ``(b, *out_shape)``.
@@ -132,33 +122,70 @@ def sparse_layer(
         ``k < 1``, regions larger than W, an index space beyond int64, and (``validate=True``)
         non-finite parameters.
     """
-    out_shape, region = _check_layer_args(
-        x, means, sigmas, values, out_shape,
+    options = SparseOptions(
         n_local=n_local, n_global=n_global, region=region, sigma_scale=sigma_scale,
-        min_sigma=min_sigma, context_size=context_size, chunk_size=chunk_size,
-        generator=generator, backend=backend, validate=validate,
+        min_sigma=min_sigma, context_size=context_size, chunk_size=chunk_size, backend=backend,
+        deterministic=deterministic, validate=validate, eval_mode=eval_mode,
+        eval_samples=eval_samples,
     )  # fmt: skip
-    in_shape = tuple(x.shape[1:])
-    dims = out_shape + in_shape
-    triton = resolve(backend, x.device)
+    return apply(x, means, sigmas, values, out_shape, options, generator, training)
+
+
+def _sampled_weight(means, sigmas, values, dims, n_out_dims, options, seed, triton, draws=1):
+    """``rows, cols, v'`` ``(B, draws * P)`` of ``draws`` independent W per instance, ``v'``
+    divided by ``draws`` (their average)."""
+    B = means.shape[0]
+    if draws > 1:  # draw d of instance i is instance d * B + i of one call: one seed, new draws
+        means, sigmas, values = (
+            t.expand(draws, *t.shape).flatten(0, 1) for t in (means, sigmas, values)
+        )
+    cs = context_count(means.shape[1], options.context_size)[1]
+    n_local, n_global = (options.n_local, options.n_global)
+    rows, cols, vprime, *_ = library.sparse_weight(
+        means, sigmas, values, seed, list(dims), n_out_dims, n_local, n_global,
+        list(options.region or default_region(dims)), options.sigma_scale, options.min_sigma,
+        cs, min(options.chunk_size or cs, cs), resolve_key_kind(dims) == "cantor", triton,
+    )  # fmt: skip
+    if draws > 1:
+        rows, cols, vprime = (
+            t.view(draws, B, -1).transpose(0, 1).reshape(B, -1) for t in (rows, cols, vprime)
+        )
+        vprime = vprime / draws
+    return rows, cols, vprime
+
+
+def apply(
+    x: torch.Tensor,
+    means: torch.Tensor,
+    sigmas: torch.Tensor,
+    values: torch.Tensor,
+    out_shape: Sequence[int],
+    options: SparseOptions,
+    generator: torch.Generator | int | torch.Tensor | None = None,
+    training: bool = True,
+) -> torch.Tensor:
+    """:func:`sparse_layer` with its options as one validated :class:`SparseOptions`."""
+    out_shape, dims, _ = _check_tensors(x, means, sigmas, values, out_shape, options)
+    check_generator(generator)
+    triton = resolve(options.backend, x.device)
     shared = means.dim() == 2
     if shared:
         means, sigmas, values = means.unsqueeze(0), sigmas.unsqueeze(0), values.unsqueeze(0)
-    if training:
-        cs = context_count(means.shape[1], context_size)[1]
-        rows, cols, vprime, *_ = library.sparse_weight(
-            means, sigmas, values, seed_tensor(generator, x.device), list(dims),
-            len(out_shape), n_local, n_global, list(region or default_region(dims)),
-            float(sigma_scale), float(min_sigma), cs, min(chunk_size or cs, cs),
-            resolve_key_kind(dims) == "cantor", triton,
-        )  # fmt: skip
+    if training or options.eval_mode != "round":
+        seed = seed_tensor(generator if training else 0, x.device)
+        draws = 1 if training or options.eval_mode == "sample" else options.eval_samples
+        rows, cols, vprime = _sampled_weight(
+            means, sigmas, values, dims, len(out_shape), options, seed, triton, draws
+        )
     else:
         points = reference.round_means(reference.transform_means(means, dims), dims)
-        rows, cols = reference.flatten_tuples(points.flatten(1, 2), out_shape, in_shape)
+        rows, cols = reference.flatten_tuples(points.flatten(1, 2), out_shape, x.shape[1:])
         vprime = values
     b = x.shape[0]
+    dtype = torch.promote_types(x.dtype, vprime.dtype)
     y = library.contract(
-        rows, cols, vprime, x.reshape(b, -1, 1), math.prod(out_shape),
-        shared if deterministic is None else bool(deterministic), triton,
+        rows, cols, vprime.to(dtype), x.reshape(b, math.prod(x.shape[1:]), 1).to(dtype),
+        math.prod(out_shape),
+        shared if options.deterministic is None else options.deterministic, triton,
     )  # fmt: skip
     return y.reshape(b, *out_shape)

@@ -23,6 +23,7 @@ from types import ModuleType
 import torch
 
 from hyperkern import reference
+from hyperkern._shared import VARIANCE_FLOOR, compute_dtype
 
 _kernels: ModuleType | None = None
 
@@ -165,7 +166,11 @@ def contract(
     triton: bool,
 ) -> torch.Tensor:
     """``(B, P)`` nonzeros times ``x (b, n_in, c)`` -> ``(b, n_out, c)``."""
-    return _impl(triton).contract_forward(rows, cols, vprime, x, n_out, deterministic)
+    work = compute_dtype(x.dtype)
+    y = _impl(triton).contract_forward(
+        rows, cols, vprime.to(work), x.to(work), n_out, deterministic
+    )
+    return y.to(x.dtype)
 
 
 @contract.register_fake
@@ -178,7 +183,8 @@ def contract_dvprime(
     rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor, triton: bool
 ) -> torch.Tensor:
     """``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)``."""
-    return _impl(triton).contract_dvprime(rows, cols, x, grad_y)
+    work = compute_dtype(x.dtype)
+    return _impl(triton).contract_dvprime(rows, cols, x.to(work), grad_y.to(work)).to(x.dtype)
 
 
 @contract_dvprime.register_fake
@@ -237,6 +243,8 @@ def sparse_weight(
     ``v'`` ``(B, P)`` and, for the backward, ``points (B, k, S, r)``, ``duplicates (B, k, S)``,
     ``lognorm (B, k)``."""
     impl = _impl(triton)
+    dtype = means.dtype
+    means, sigmas, values = (t.to(compute_dtype(dtype)) for t in (means, sigmas, values))
     mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma)
     points, keys, rows, cols = impl.sample(
         mu, seed, dims, n_out_dims, n_local, n_global, region, cantor
@@ -245,7 +253,8 @@ def sparse_weight(
     vprime, lognorm = impl.proportions_forward(
         points, mu, sigma, values, duplicates, context_size, chunk_size
     )
-    return rows.flatten(1), cols.flatten(1), vprime.flatten(1), points, duplicates, lognorm
+    vprime = vprime.flatten(1).to(dtype)
+    return rows.flatten(1), cols.flatten(1), vprime, points, duplicates, lognorm
 
 
 @sparse_weight.register_fake
@@ -258,7 +267,7 @@ def _(means, sigmas, values, seed, dims, n_out_dims, n_local, n_global, region, 
         means.new_empty((B, k * S)),
         means.new_empty((B, k, S, r), dtype=torch.int64),
         means.new_empty((B, k, S), dtype=torch.bool),
-        means.new_empty((B, k)),
+        means.new_empty((B, k), dtype=compute_dtype(means.dtype)),
     )
 
 
@@ -279,18 +288,21 @@ def sparse_weight_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dmeans (B, k, r), dsigmas (B, k), dvalues (B, k))`` from ``dv' (B, P)``: the
     proportions backward, then the chain rule through the two transforms."""
+    dtype = means.dtype
+    means, sigmas, values = (t.to(compute_dtype(dtype)) for t in (means, sigmas, values))
     mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma)
-    grad = grad_vprime.reshape(points.shape[:3])
+    grad = grad_vprime.reshape(points.shape[:3]).to(mu.dtype)
     dmu, dsigma, dvalues = _impl(triton).proportions_backward(
         grad, points, mu, sigma, values, duplicates, lognorm, context_size
     )
     s = torch.sigmoid(means)
     dmeans = (
-        dmu * s * (1 - s) * reference.dims_tensor([d - 1 for d in dims], means.device, means.dtype)
+        dmu * s * (1 - s) * reference.dims_tensor([d - 1 for d in dims], means.device, mu.dtype)
     )
-    scale = reference.dims_tensor(dims, sigmas.device, sigmas.dtype) * sigma_scale
+    scale = reference.dims_tensor(dims, sigmas.device, mu.dtype) * sigma_scale
+    dsigma = torch.where(sigma > VARIANCE_FLOOR, dsigma, 0.0)  # no gradient below the floor
     dsigmas = (dsigma * scale).sum(-1) * torch.sigmoid(sigmas + 2)
-    return dmeans, dsigmas, dvalues.to(values.dtype)
+    return dmeans.to(dtype), dsigmas.to(dtype), dvalues.to(dtype)
 
 
 @sparse_weight_backward.register_fake
@@ -318,3 +330,21 @@ def _sparse_weight_grad(ctx, _rows, _cols, grad_vprime, *_):
 
 
 sparse_weight.register_autograd(_sparse_weight_grad, setup_context=_sparse_weight_setup)
+
+
+def _refuse_double_backward(op_name: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"hyperkern: second derivatives through {op_name} are not supported (the backward "
+            "is a closed-form kernel); use first-order gradients, or finite differences"
+        )
+
+    return backward
+
+
+def _no_context(ctx, inputs, output) -> None:
+    pass
+
+
+for _op in (sparse_weight_backward, proportions_backward, contract_dvprime):
+    _op.register_autograd(_refuse_double_backward(_op._qualname), setup_context=_no_context)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from hyperkern.functional import sparse_layer
+from hyperkern.functional import apply
+from hyperkern.options import SparseOptions, check_sizes
 from hyperkern.reference import transform_means, transform_sigmas
 from hyperkern.seeds import check_generator, seed_tensor
-from hyperkern.validation import check_count, check_positive_shape
 
 try:  # runs eager Python inside a compiled graph (torch >= 2.10)
     from torch._dynamo.decorators import leaf_function
@@ -40,36 +41,26 @@ if leaf_function is not None:
         return (like.new_empty((), dtype=torch.int64),)
 
 
-class _SparseOptions(nn.Module):
-    """Shapes and sampling options shared by the sparse modules."""
+class _SparseModule(nn.Module):
+    """Shapes, options (:class:`hyperkern.options.SparseOptions`) and the optional generator
+    shared by the sparse modules. Extra keyword arguments are the options' fields."""
 
     def __init__(
         self,
         in_shape: Sequence[int] | int,
         out_shape: Sequence[int] | int,
         k: int,
-        n_local: int = 2,
-        n_global: int = 2,
-        region: Sequence[int] | None = None,
-        sigma_scale: float = 0.1,
-        min_sigma: float = 0.0,
-        context_size: int | None = None,
-        chunk_size: int | None = None,
-        backend: str = "auto",
-        deterministic: bool | None = None,
-        validate: bool = False,
         generator: torch.Generator | None = None,
+        **options: object,
     ) -> None:
         super().__init__()
-        self.in_shape = check_positive_shape("in_shape", in_shape)
-        self.out_shape = check_positive_shape("out_shape", out_shape)
-        check_count("k", k, minimum=1)
+        self.in_shape = check_sizes("in_shape", in_shape)
+        self.out_shape = check_sizes("out_shape", out_shape)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
         self.k = k
-        self.options = dict(
-            n_local=n_local, n_global=n_global, region=None if region is None else tuple(region),
-            sigma_scale=sigma_scale, min_sigma=min_sigma, context_size=context_size,
-            chunk_size=chunk_size, backend=backend, deterministic=deterministic, validate=validate,
-        )  # fmt: skip
+        self.options = SparseOptions(**options)  # type: ignore[arg-type]
+        self.options.check_region(self.dims)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
                 "generator (of the module) must be a torch.Generator, "
@@ -86,26 +77,38 @@ class _SparseOptions(nn.Module):
     def rank(self) -> int:
         return len(self.dims)
 
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 1 + len(self.in_shape) or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(
+                f"x must have shape (b, *in_shape) = (b, {', '.join(map(str, self.in_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+
     def _apply_layer(self, x, means, sigmas, values, generator) -> torch.Tensor:
+        self._check_input(x)
         check_generator(generator)
         if generator is None and self.seed_source is not None and self.training:
             (generator,) = _draw_seed(self.seed_source, x)
-        return sparse_layer(
-            x, means, sigmas, values, self.out_shape, generator=generator,
-            training=self.training, **self.options,
-        )  # fmt: skip
+        return apply(
+            x, means, sigmas, values, self.out_shape, self.options, generator, self.training
+        )
 
     def extra_repr(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in self.options.items() if v is not None)
-        return f"in_shape={self.in_shape}, out_shape={self.out_shape}, k={self.k}, {opts}"
+        opts = self.options.describe()
+        return f"in_shape={self.in_shape}, out_shape={self.out_shape}, k={self.k}" + (
+            f", {opts}" if opts else ""
+        )
 
 
-class SparseLayer(_SparseOptions):
+class SparseLayer(_SparseModule):
     """A sparse W with free parameters, shared by the whole batch.
 
-    Parameters: ``means (k, r)`` and ``sigmas (k,)`` raw (see SPEC §1), ``values (k,)``.
-    ``forward(x (b, *in_shape), generator=None) -> (b, *out_shape)``. In ``eval()`` mode the
-    means are rounded and carry their full value (no sampling).
+    Parameters: ``means (k, r)`` and ``sigmas (k,)`` raw (docs/algorithm.md §1), ``values (k,)``.
+    ``forward(x (b, *in_shape), generator=None) -> (b, *out_shape)``. In ``eval()`` mode it
+    computes what ``eval_mode`` says (default ``"round"``, the paper's evaluation: means
+    rounded, full values); :meth:`dense_weight` shows that W.
     """
 
     def __init__(self, in_shape, out_shape, k: int, **options) -> None:
@@ -133,7 +136,21 @@ class SparseLayer(_SparseOptions):
     def index_sigmas(self) -> torch.Tensor:
         """Per-column variances in index space, ``(k, r)``."""
         opts = self.options
-        return transform_sigmas(self.sigmas, self.dims, opts["sigma_scale"], opts["min_sigma"])
+        return transform_sigmas(self.sigmas, self.dims, opts.sigma_scale, opts.min_sigma)
+
+    @torch.no_grad()
+    def dense_weight(self, eval_mode: str | None = None) -> torch.Tensor:
+        """The dense W ``(*out_shape, *in_shape)`` that ``eval()`` applies (``eval_mode``:
+        ``"round"``, ``"expected"`` or ``"sample"``; default the module's). Builds W column by
+        column from the identity, so it costs one eval call on ``prod(in_shape)`` inputs."""
+        options = dataclasses.replace(self.options, eval_mode=eval_mode or self.options.eval_mode)
+        n_in = math.prod(self.in_shape)
+        eye = torch.eye(n_in, dtype=self.means.dtype, device=self.means.device)
+        y = apply(
+            eye.reshape(n_in, *self.in_shape), self.means, self.sigmas, self.values,
+            self.out_shape, options, training=False,
+        )  # fmt: skip
+        return y.reshape(n_in, -1).T.reshape(*self.out_shape, *self.in_shape)
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | int | None = None
@@ -141,11 +158,11 @@ class SparseLayer(_SparseOptions):
         return self._apply_layer(x, self.means, self.sigmas, self.values, generator)
 
 
-class SparseHyperLayer(_SparseOptions):
+class SparseHyperLayer(_SparseModule):
     """An adaptive sparse layer: ``source(x)`` gives W's parameters per instance.
 
     ``source`` maps ``x (b, *in_shape)`` to ``(means (b, k, r), sigmas (b, k), values (b, k))``
-    (raw, as in SPEC §1). ``forward(x, generator=None) -> (b, *out_shape)``.
+    (raw, docs/algorithm.md §1). ``forward(x, generator=None) -> (b, *out_shape)``.
     """
 
     def __init__(self, in_shape, out_shape, k: int, source: Callable, **options) -> None:
@@ -157,9 +174,19 @@ class SparseHyperLayer(_SparseOptions):
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | int | None = None
     ) -> torch.Tensor:
+        self._check_input(x)
         params = self.source(x)
         if not (isinstance(params, (tuple, list)) and len(params) == 3):
             raise TypeError("source(x) must return (means (b, k, r), sigmas (b, k), values (b, k))")
+        b = x.shape[0]
+        expected = ((b, self.k, self.rank), (b, self.k), (b, self.k))
+        for name, t, shape in zip(("means", "sigmas", "values"), params, expected, strict=True):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(
+                    f"source(x) must return {name} of shape {shape} (b, k={self.k}, r={self.rank}"
+                    f"), got {got}"
+                )
         return self._apply_layer(x, *params, generator)
 
 
@@ -167,11 +194,23 @@ class SparseLinear(SparseLayer):
     """Drop-in for ``nn.Linear`` whose weight is a learned sparse matrix of ``k`` entries.
 
     ``forward(x (*, in_features)) -> (*, out_features)``; ``bias`` as in ``nn.Linear``.
+
+    Defaults differ from :class:`SparseLayer` where a drop-in needs it:
+
+    - ``eval_mode="expected"``: ``eval()`` applies the average of ``eval_samples`` (8) draws
+      with fixed seeds, a deterministic estimate of the W that training saw, so validation
+      error tracks training error (rounding the means, the paper's evaluation, is one option
+      away: ``eval_mode="round"``);
+    - ``context_size=128``: duplicates and normalisers are per context of 128 means, so a step
+      costs O(k) instead of O(k^2); each mean then spreads its value over its own context's
+      samples only. ``context_size=None`` restores the paper's all-means normalisation.
     """
 
     def __init__(
         self, in_features: int, out_features: int, k: int, bias: bool = True, **options
     ) -> None:
+        options.setdefault("eval_mode", "expected")
+        options.setdefault("context_size", 128)
         super().__init__((in_features,), (out_features,), k, **options)
         self.in_features = in_features
         self.out_features = out_features

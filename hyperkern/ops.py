@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import torch
 
 from hyperkern import library
-from hyperkern._shared import context_count, default_region, resolve_key_kind, samples_per_mean
+from hyperkern._shared import (
+    constant,
+    context_count,
+    default_region,
+    resolve_key_kind,
+    samples_per_mean,
+)
 from hyperkern.backend import resolve
 from hyperkern.reference import (
     cantor_keys,
@@ -96,11 +102,17 @@ def duplicate_mask(
     context_size: int | None = None,
     key_kind: str = "auto",
     backend: str = "auto",
+    validate: bool = False,
 ) -> torch.Tensor:
     """``(B, k, S, r)`` tuples -> ``(B, k, S)`` bool, True at repeats within a context (§3).
 
-    Tuples must lie in ``[0, dims)`` (keys of tuples outside may collide)."""
+    Tuples must lie in ``[0, dims)``: keys of tuples outside may collide. ``validate=True``
+    checks that (a host read)."""
     _check_points(points, dims)
+    if validate and points.numel():
+        upper = constant(dims, points.device)
+        if bool((points < 0).any()) or bool((points >= upper).any()):
+            raise ValueError(f"points must lie in [0, dims) per column, dims = {tuple(dims)}")
     _check_context("context_size", context_size)
     keys = tuple_keys(points, [int(d) for d in dims], key_kind)
     cs = context_count(points.shape[1], context_size)[1]

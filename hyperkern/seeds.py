@@ -60,3 +60,21 @@ def seed_tensor(
         SEED_HIGH, (), dtype=torch.int64, device=generator.device, generator=generator
     )
     return seed.to(device)
+
+
+def fold_seed(seed: int, rank: int) -> int:
+    """A per-rank seed in ``[0, 2**64)`` from a run's ``seed`` and a process ``rank``.
+
+    Data-parallel ranks that pass the same seed draw identical tuples; fold the rank in so that
+    every rank samples its own W, reproducibly (same ``seed`` and ``rank``, same result). The
+    mix is SplitMix64's finaliser of ``seed + rank * golden``, so nearby seeds and ranks give
+    unrelated streams.
+    """
+    for name, value in (("seed", seed), ("rank", rank)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    mask = 2**64 - 1
+    z = (seed + (rank + 1) * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)

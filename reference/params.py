@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from hyperkern._shared import constant
+from hyperkern._shared import VARIANCE_FLOOR, constant
 
 
 def dims_tensor(
@@ -31,8 +31,10 @@ def transform_sigmas(
 ) -> torch.Tensor:
     """``(..., k)`` raw widths -> per-column variances ``(..., k, r)``.
 
-    ``sigma[d] = (softplus(sigmas_raw + 2) + min_sigma) * dims[d] * sigma_scale``.
+    ``sigma[d] = max((softplus(sigmas_raw + 2) + min_sigma) * dims[d] * sigma_scale, floor)``
+    with ``floor = 1e-4`` (:data:`hyperkern._shared.VARIANCE_FLOOR`): finite densities and
+    gradients for every finite raw width (below the floor the width gets no gradient).
     """
     base = F.softplus(sigmas_raw + 2) + min_sigma
     scale = dims_tensor(dims, sigmas_raw.device, sigmas_raw.dtype) * sigma_scale
-    return base.unsqueeze(-1) * scale
+    return (base.unsqueeze(-1) * scale).clamp(min=VARIANCE_FLOOR)

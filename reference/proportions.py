@@ -176,13 +176,15 @@ def proportions_forward(
     lognorm = mu.new_zeros(C, cs)
     for part in _blocks(C, P, cs, chunk_size):
         logd = _block_logd(pts, mu_c[:, part], coef[:, part], dup_c)
-        top = logd.amax(1, keepdim=True) if P else logd.new_zeros(C, 1, logd.shape[2])
-        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        top = logd.amax(1, keepdim=True) if P else logd.new_full((C, 1, logd.shape[2]), -torch.inf)
+        empty = torch.isinf(top)  # every point of the mean masked: it contributes nothing
+        top = torch.where(empty, torch.zeros_like(top), top)
         norm = _exp_(logd.sub_(top))  # exp(logd - top), in place
         total = norm.sum(1, keepdim=True)
-        block_lognorm = torch.where(total > 0, total.log() + top, torch.zeros_like(top))
+        live = (total > 0) & ~empty
+        block_lognorm = torch.where(live, total.log() + top, torch.zeros_like(top))
         lognorm[:, part] = block_lognorm[:, 0]
-        scale = torch.where(total > 0, values_c[:, None, part] / total, torch.zeros_like(total))
+        scale = torch.where(live, values_c[:, None, part] / total, torch.zeros_like(total))
         out.add_(torch.bmm(norm, scale.transpose(1, 2)).squeeze(2))  # sum_m prop * values
     out.masked_fill_(dup_c, 0.0)
     vprime = from_contexts(out.reshape(C, cs, S), B, k)

@@ -1,5 +1,6 @@
 """The whole layer on the Triton backend equals the torch backend (interpreter on CPU)."""
 
+import dataclasses
 import os
 
 import pytest
@@ -60,5 +61,5 @@ def test_auto_backend_is_reference_on_cpu_and_matches_triton():
     layer = SparseLinear(9, 4, 6).double()
     x = torch.randn(5, 9, dtype=torch.float64)
     auto = layer(x, generator=3)
-    layer.options["backend"] = "triton"
+    layer.options = dataclasses.replace(layer.options, backend="triton")
     torch.testing.assert_close(layer(x, generator=3), auto, rtol=1e-9, atol=1e-9)

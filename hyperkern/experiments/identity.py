@@ -206,9 +206,8 @@ def _snapshot(model: nn.Module, it: int, gen: torch.Generator) -> dict:
 
         o = model.options
         mu = snap["means"].unsqueeze(0)
-        region = o["region"]
         snap["tuples"] = ops.sample_tuples(
-            mu, model.dims, o["n_local"], o["n_global"], region, generator=gen
+            mu, model.dims, o.n_local, o.n_global, o.region, generator=gen
         )[0].reshape(-1, 2)
     else:
         snap["tuples"] = model.sample(1, gen)[0][0].detach().cpu()
