@@ -126,7 +126,7 @@ def measure_bandwidth(device: torch.device, nbytes: int) -> float:
 def contraction_bytes(
     B: int, P: int, b: int, n_in: int, n_out: int, value_bytes: int, index_bytes: int = 8
 ) -> dict[str, int]:
-    """Bytes an ideal contraction must move (SPEC §5): values + indices + x + y.
+    """Bytes an ideal contraction must move (docs/algorithm.md §5): values + indices + x + y.
 
     Forward reads ``(B, P)`` values, rows and cols and ``x (b, n_in)``, writes ``y (b, n_out)``.
     Backward reads ``dy``, the nonzeros and ``x``, writes ``dx (b, n_in)`` and ``dv' (B, P)``.

@@ -1,4 +1,5 @@
-"""Chunked path (SPEC §6): the layer's training step with and without ``chunk_size``.
+"""Chunked path (docs/algorithm.md §6): the layer's training step with and without
+``chunk_size``.
 
 W is ``n x n`` with ``k = n`` means (``S = 8`` samples each) and grows along the sweep. Unchunked
 proportions hold ``(P, k)`` densities, quadratic in k; chunked ones ``(P, chunk_size)``, so the

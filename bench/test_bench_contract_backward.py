@@ -1,4 +1,5 @@
-"""Contraction forward + backward (SPEC §5): ``dx = W^T dy`` and ``dv'[j] = dy[row_j] x[col_j]``.
+"""Contraction forward + backward (docs/algorithm.md §5): ``dx = W^T dy`` and
+``dv'[j] = dy[row_j] x[col_j]``.
 
 Same implementations and bytes-moved accounting as test_bench_contract_forward.py (forward plus
 backward traffic). Sweeps: nonzeros (shared W), batch (one W per instance), in/out size.

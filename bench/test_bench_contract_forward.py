@@ -1,4 +1,4 @@
-"""Contraction forward (SPEC §5) and the roofline copy.
+"""Contraction forward (docs/algorithm.md §5) and the roofline copy.
 
 Implementations: hyperkern Triton, plain torch (gather + scatter_add), ``index_add``, and
 ``torch.sparse.mm`` on COO and CSR (the sparse matrix is built inside the timed call: the

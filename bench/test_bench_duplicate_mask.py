@@ -1,4 +1,5 @@
-"""Duplicate mask (SPEC §3): hyperkern Triton, plain torch (sort + neighbours), torch.unique.
+"""Duplicate mask (docs/algorithm.md §3): hyperkern Triton, plain torch (sort + neighbours),
+torch.unique.
 
 Sweeps: k (means) and rank r, ``S = 2**r + 4`` samples per mean.
 """

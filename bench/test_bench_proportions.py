@@ -1,4 +1,5 @@
-"""Proportions forward + backward (SPEC §4): hyperkern Triton, plain torch, the original code.
+"""Proportions forward + backward (docs/algorithm.md §4): hyperkern Triton, plain torch, the
+original code.
 
 Peers: ``dense_prop`` (the original code: probability-space ``(points, means)`` matrix).
 Sweeps: k (means), rank r, samples per mean S, batch.

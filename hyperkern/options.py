@@ -15,12 +15,19 @@ from hyperkern.backend import check_backend
 EVAL_MODES = ("round", "expected", "sample")
 
 
-def _check_int(name: str, value: object, minimum: int, optional: bool = False) -> None:
+MAX_SAMPLES = 2**16  # per mean (n_local, n_global) and eval draws: beyond is a typo, not a plan
+
+
+def _check_int(
+    name: str, value: object, minimum: int, optional: bool = False, maximum: int | None = None
+) -> None:
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         prefix = "None or " if optional else ""
         raise ValueError(f"{name} must be {prefix}an int >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
 
 
 def _check_real(name: str, value: object, positive: bool) -> float:
@@ -80,8 +87,8 @@ class SparseOptions:
     eval_samples: int = 8
 
     def __post_init__(self) -> None:
-        _check_int("n_local", self.n_local, 0)
-        _check_int("n_global", self.n_global, 0)
+        _check_int("n_local", self.n_local, 0, maximum=MAX_SAMPLES)
+        _check_int("n_global", self.n_global, 0, maximum=MAX_SAMPLES)
         if self.region is not None:
             object.__setattr__(self, "region", check_sizes("region", self.region))
         object.__setattr__(self, "sigma_scale", _check_real("sigma_scale", self.sigma_scale, True))
@@ -95,7 +102,7 @@ class SparseOptions:
             raise TypeError(f"validate must be a bool, got {self.validate!r}")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")
-        _check_int("eval_samples", self.eval_samples, 1)
+        _check_int("eval_samples", self.eval_samples, 1, maximum=MAX_SAMPLES)
 
     def check_region(self, dims: tuple[int, ...]) -> tuple[int, ...] | None:
         """The region, checked against W's ``dims``."""

@@ -1,4 +1,5 @@
-"""Differentiable quicksort from sparse half-permutations (SPEC §8, paper §3.3 and A.2).
+"""Differentiable quicksort from sparse half-permutations (docs/algorithm.md §8; paper §3.3,
+A.2).
 
 One quicksort step of order ``d`` (``d = 0 .. log2(n) - 1``) splits every bucket of
 ``c = n / 2**d`` consecutive positions into a lower and an upper half, keeping the order within
