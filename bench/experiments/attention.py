@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperkern.experiments.common import (
+from bench.experiments.common import (
     CSVLogger,
     load_checkpoint,
     plot_curves,
@@ -216,7 +216,7 @@ def evaluate(model: nn.Module, images, labels, batch_size: int, device) -> float
 
 def run(args: argparse.Namespace) -> dict:
     """Train ``args.model`` with periodic test evaluation, checkpoints, CSV log and plots."""
-    from hyperkern.data.cluttered import load_cluttered
+    from bench.experiments.data.cluttered import load_cluttered
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

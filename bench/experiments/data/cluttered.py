@@ -1,13 +1,13 @@
 """Cluttered MNIST (100x100), a port of DeepMind's ``mnist-cluttered`` generator.
 
-Recipe (shared DATA.md): a black ``canvas x canvas`` image; first ``n_distractors`` 8x8 windows,
-each cut at a uniformly random top-left in ``0..20`` from a random image of the same MNIST split
-(uniform, with replacement) and added at a uniformly random top-left in ``0..canvas-8``; then the
-whole 28x28 digit at a uniformly random top-left in ``0..canvas-28``. Sums are clipped at 1
-(pixels are nonnegative, so clipping once at the end equals clipping after every addition).
-Digits walk a random permutation of the split (a fresh permutation each time it is exhausted).
-The clutter of each block of 1000 images has its own random stream, so the first ``n`` images of a
-larger set equal the set generated with ``n``: reduced runs use a prefix of the paper-size data.
+Recipe: a black ``canvas x canvas`` image; first ``n_distractors`` 8x8 windows, each cut at a
+uniformly random top-left in ``0..20`` from a random image of the same MNIST split (uniform, with
+replacement) and added at a uniformly random top-left in ``0..canvas-8``; then the whole 28x28 digit
+at a uniformly random top-left in ``0..canvas-28``. Sums are clipped at 1 (pixels are nonnegative,
+so clipping once at the end equals clipping after every addition). Digits walk a random permutation
+of the split (a fresh permutation each time it is exhausted). The clutter of each block of 1000
+images has its own random stream, so the first ``n`` images of a larger set equal the set generated
+with ``n``: reduced runs use a prefix of the paper-size data.
 
 Images are stored as uint8 (value = pixel * 255, clipped at 255); divide by 255 for ``[0, 1]``.
 Generation is deterministic from ``seed`` (numpy PCG64) and cached as ``.npz`` under
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hyperkern.data.mnist import load_mnist
+from bench.experiments.data.mnist import load_mnist
 
 __all__ = ["generate_cluttered", "load_cluttered", "default_cache_dir"]
 

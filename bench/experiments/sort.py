@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperkern.data.mnist import load_mnist
-from hyperkern.experiments.common import (
+from bench.experiments.common import (
     CSVLogger,
     load_checkpoint,
     progress,
@@ -40,6 +39,7 @@ from hyperkern.experiments.common import (
     save_checkpoint,
     seed_everything,
 )
+from bench.experiments.data.mnist import load_mnist
 from hyperkern.sort import sparse_sort, unsort_targets
 
 PROTOCOL_DIGITS = {"paper": 3, "neuralsort": 4}

@@ -1,4 +1,5 @@
-"""Command-line entry point: ``python -m hyperkern.experiments identity|attention|sort ...``.
+"""Command-line entry point: ``python -m bench.experiments identity|attention|sort ...``, run
+from the repository root.
 
 Experiment modules are imported lazily, so a broken or missing one only affects its own
 subcommand. Each module exposes ``add_arguments(parser)`` and ``run(args) -> dict``.
@@ -34,14 +35,14 @@ def _add_common(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _load(name: str):
-    return importlib.import_module(f"hyperkern.experiments.{name}")
+    return importlib.import_module(f"bench.experiments.{name}")
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The parser. Only the module of ``selected`` is imported (for its own arguments), so a
     broken or missing experiment module cannot break the others."""
     parser = argparse.ArgumentParser(
-        prog="python -m hyperkern.experiments",
+        prog="python -m bench.experiments",
         description="Rerun the experiments of 'Learning sparse transformations through "
         "backpropagation' with hyperkern.",
     )

