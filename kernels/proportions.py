@@ -74,23 +74,50 @@ def _log_densities(
 
 
 @triton.jit
+def _context(n_ctx, cs, k, S):
+    """``(n_means, mean_base, pt_base)`` of the context of this program (axis 0 runs over
+    (instance b, context c)): means ``c*cs .. c*cs + n_means`` and their points, in place."""
+    cid = tl.program_id(0).to(tl.int64)
+    m0 = (cid % n_ctx) * cs
+    mean_base = (cid // n_ctx) * k + m0
+    return tl.minimum(cs, k - m0), mean_base, mean_base * S
+
+
+@triton.jit
+def _mean_block(n_means, mean_base, S, points_per_split, BLOCK_M: tl.constexpr):
+    """The block of means (axis 1) and the split of their context's points (axis 2) of a
+    per-mean pass: ``(split, offs_m, mask_m, mean_rows, p_lo, p_hi)``."""
+    split = tl.program_id(2)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    p_lo = split * points_per_split
+    p_hi = tl.minimum(p_lo + points_per_split, n_means * S)
+    return split, offs_m, offs_m < n_means, mean_base + offs_m, p_lo, p_hi
+
+
+@triton.jit
+def _kept(dup_ptr, pt_rows, mask_p):
+    """Points that are in range and not masked as duplicates."""
+    return mask_p & (tl.load(dup_ptr + pt_rows, mask=mask_p, other=1) == 0)
+
+
+@triton.jit
+def _proportion(logd, keep, mask_m, lognorm):
+    """``prop = exp(logd - lognorm)`` on live (point, mean) pairs of a tile, 0 elsewhere."""
+    live = keep[:, None] & mask_m[None, :]
+    return tl.where(live, tl.exp(logd - lognorm[None, :]), 0.0)
+
+
+@triton.jit
 def _lognorm_kernel(
     pts_ptr, mu_ptr, sig_ptr, dup_ptr, max_ptr, sum_ptr,
     n_ctx, cs, k, S, R, points_per_split, n_rows,
     BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """Pass 1 on one (context, block of means, split of points): running max and sum-exp."""
-    cid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(2)
-    m0 = (cid % n_ctx) * cs  # context cid = (instance b, context c): means c*cs .. +n_means
-    n_means = tl.minimum(cs, k - m0)
-    mean_base = (cid // n_ctx) * k + m0
-    pt_base = mean_base * S
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < n_means
-    mean_rows = mean_base + offs_m
-    p_lo = split * points_per_split
-    p_hi = tl.minimum(p_lo + points_per_split, n_means * S)
+    n_means, mean_base, pt_base = _context(n_ctx, cs, k, S)
+    split, offs_m, mask_m, mean_rows, p_lo, p_hi = _mean_block(
+        n_means, mean_base, S, points_per_split, BLOCK_M
+    )
     dtype = mu_ptr.dtype.element_ty
     run_max = tl.full((BLOCK_M,), float("-inf"), dtype=dtype)
     run_sum = tl.zeros((BLOCK_M,), dtype=dtype)
@@ -100,7 +127,7 @@ def _lognorm_kernel(
         pt_rows = pt_base + offs_p
         logd = _log_densities(pts_ptr, mu_ptr, sig_ptr, pt_rows, mean_rows, mask_p, mask_m, R,
                               BLOCK_P, BLOCK_M)  # fmt: skip
-        keep = mask_p & (tl.load(dup_ptr + pt_rows, mask=mask_p, other=1) == 0)
+        keep = _kept(dup_ptr, pt_rows, mask_p)
         logd = tl.where(keep[:, None], logd, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(logd, axis=0))
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -118,15 +145,11 @@ def _point_values_kernel(
     ACCUMULATE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """Pass 2 on one (context, block of points): ``v'`` from the means ``m_start .. m_stop``."""
-    cid = tl.program_id(0).to(tl.int64)
-    m0 = (cid % n_ctx) * cs  # context cid = (instance b, context c): means c*cs .. +n_means
-    n_means = tl.minimum(cs, k - m0)
-    mean_base = (cid // n_ctx) * k + m0
-    pt_base = mean_base * S
+    n_means, mean_base, pt_base = _context(n_ctx, cs, k, S)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_p = offs_p < n_means * S
     pt_rows = pt_base + offs_p
-    keep = mask_p & (tl.load(dup_ptr + pt_rows, mask=mask_p, other=1) == 0)
+    keep = _kept(dup_ptr, pt_rows, mask_p)
     m_hi = tl.minimum(m_stop, n_means)
     acc = tl.zeros((BLOCK_P,), dtype=mu_ptr.dtype.element_ty)
     for m0 in range(m_start, m_hi, BLOCK_M):
@@ -137,8 +160,7 @@ def _point_values_kernel(
                               BLOCK_P, BLOCK_M)  # fmt: skip
         lognorm = tl.load(lognorm_ptr + mean_rows, mask=mask_m, other=0.0)
         value = tl.load(val_ptr + mean_rows, mask=mask_m, other=0.0)
-        live = keep[:, None] & mask_m[None, :]
-        prop = tl.where(live, tl.exp(logd - lognorm[None, :]), 0.0)
+        prop = _proportion(logd, keep, mask_m, lognorm)
         acc += tl.sum(prop * value[None, :], axis=1)
     if ACCUMULATE:
         acc += tl.load(out_ptr + pt_rows, mask=mask_p, other=0.0)
@@ -152,18 +174,11 @@ def _grad_values_kernel(
     BLOCK_P: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     """Backward pass 1 on one (context, block of means, split): ``sum_j g[j] prop[j, m]``."""
-    cid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(2)
-    m0 = (cid % n_ctx) * cs  # context cid = (instance b, context c): means c*cs .. +n_means
-    n_means = tl.minimum(cs, k - m0)
-    mean_base = (cid // n_ctx) * k + m0
-    pt_base = mean_base * S
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < n_means
-    mean_rows = mean_base + offs_m
+    n_means, mean_base, pt_base = _context(n_ctx, cs, k, S)
+    split, offs_m, mask_m, mean_rows, p_lo, p_hi = _mean_block(
+        n_means, mean_base, S, points_per_split, BLOCK_M
+    )
     lognorm = tl.load(lognorm_ptr + mean_rows, mask=mask_m, other=0.0)
-    p_lo = split * points_per_split
-    p_hi = tl.minimum(p_lo + points_per_split, n_means * S)
     acc = tl.zeros((BLOCK_M,), dtype=mu_ptr.dtype.element_ty)
     for p0 in range(p_lo, p_hi, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
@@ -171,10 +186,9 @@ def _grad_values_kernel(
         pt_rows = pt_base + offs_p
         logd = _log_densities(pts_ptr, mu_ptr, sig_ptr, pt_rows, mean_rows, mask_p, mask_m, R,
                               BLOCK_P, BLOCK_M)  # fmt: skip
-        keep = mask_p & (tl.load(dup_ptr + pt_rows, mask=mask_p, other=1) == 0)
+        keep = _kept(dup_ptr, pt_rows, mask_p)
         grad = tl.load(grad_ptr + pt_rows, mask=mask_p, other=0.0)
-        live = keep[:, None] & mask_m[None, :]
-        prop = tl.where(live, tl.exp(logd - lognorm[None, :]), 0.0)
+        prop = _proportion(logd, keep, mask_m, lognorm)
         acc += tl.sum(prop * grad[:, None], axis=0)
     tl.store(dval_ptr + split * n_rows + mean_rows, acc, mask=mask_m)
 
@@ -190,17 +204,12 @@ def _grad_params_kernel(
 
     Tiles are ``(BLOCK_P, BLOCK_M, BLOCK_R)`` so that every column ``d`` accumulates at once.
     """
-    cid = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(2)
-    m0 = (cid % n_ctx) * cs  # context cid = (instance b, context c): means c*cs .. +n_means
-    n_means = tl.minimum(cs, k - m0)
-    mean_base = (cid // n_ctx) * k + m0
-    pt_base = mean_base * S
-    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n_means, mean_base, pt_base = _context(n_ctx, cs, k, S)
+    split, offs_m, mask_m, mean_rows, p_lo, p_hi = _mean_block(
+        n_means, mean_base, S, points_per_split, BLOCK_M
+    )
     offs_r = tl.arange(0, BLOCK_R)
-    mask_m = offs_m < n_means
     mask_r = offs_r < R
-    mean_rows = mean_base + offs_m
     mask_mr = mask_m[:, None] & mask_r[None, :]
     mean_cells = mean_rows[:, None] * R + offs_r[None, :]
     mu = tl.load(mu_ptr + mean_cells, mask=mask_mr, other=0.0)
@@ -211,8 +220,6 @@ def _grad_params_kernel(
     dtype = mu_ptr.dtype.element_ty
     acc_mu = tl.zeros((BLOCK_M, BLOCK_R), dtype=dtype)
     acc_sig = tl.zeros((BLOCK_M, BLOCK_R), dtype=dtype)
-    p_lo = split * points_per_split
-    p_hi = tl.minimum(p_lo + points_per_split, n_means * S)
     for p0 in range(p_lo, p_hi, BLOCK_P):
         offs_p = p0 + tl.arange(0, BLOCK_P)
         mask_p = offs_p < p_hi
@@ -222,10 +229,9 @@ def _grad_params_kernel(
         diff = pts[:, None, :] - mu[None, :, :]  # (P, M, R)
         sq = diff * diff
         logd = -0.5 * tl.sum(sq / sg[None, :, :], axis=2)
-        keep = mask_p & (tl.load(dup_ptr + pt_rows, mask=mask_p, other=1) == 0)
+        keep = _kept(dup_ptr, pt_rows, mask_p)
         grad = tl.load(grad_ptr + pt_rows, mask=mask_p, other=0.0)
-        live = keep[:, None] & mask_m[None, :]
-        prop = tl.where(live, tl.exp(logd - lognorm[None, :]), 0.0)
+        prop = _proportion(logd, keep, mask_m, lognorm)
         dlogd = value[None, :] * prop * (grad[:, None] - a[None, :])
         acc_mu += tl.sum(dlogd[:, :, None] * diff, axis=0)
         acc_sig += tl.sum(dlogd[:, :, None] * sq, axis=0)
