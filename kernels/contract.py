@@ -2,9 +2,10 @@
 
 W is given as ``P`` nonzeros per instance: ``rows``, ``cols``, ``vprime`` of shape ``(B, P)``.
 The dense side is ``x (b, n_in, c)``; ``B == b`` gives one W per instance and ``B == 1`` one W
-shared by the batch. Inside the kernels the dense side of a program is a run of ``NQ`` "columns"
-``q``: ``q = c_index`` (``NQ = c``) per instance, ``q = batch * c + c_index`` (``NQ = b c``,
-the ``(in, b)`` dense side of ``Y = W X``) for a shared W.
+shared by the batch. Inside the kernels the dense side is ``(instances, n, C)``: per instance
+``C = c``; for a shared W the batch is folded into the channels (:func:`_fold_batch`,
+``C = b c``, the ``(in, b)`` dense side of ``Y = W X``), so instance ``i`` always reads row
+``i`` of the dense side.
 
 - forward, deterministic (default): nonzeros sorted by the key ``instance * n_out + row``
   (stable ``torch.sort``), CSR offsets by ``torch.searchsorted``, then
@@ -48,22 +49,19 @@ def _configs(narrow: bool, names: tuple[str, str]) -> list[triton.Config]:
 @triton.jit
 def _segment_kernel(
     offsets_ptr, idx_ptr, val_ptr, src_ptr, dst_ptr,
-    n_seg, n_src, NQ, C,
+    n_seg, n_src, C,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """dst[i, s, :] = sum_{j in segment (i, s)} val[j] * src[i, idx[j], :] over columns q.
 
     Program (i * n_seg + s, q block); segment j runs over [offsets[pid], offsets[pid + 1]).
-    src is (., n_src, C), dst (., n_seg, C), both contiguous; column q of instance i lives in
-    batch row i + q // C at channel q % C.
+    src is (., n_src, C), dst (., n_seg, C), both contiguous.
     """
     pid = tl.program_id(0)
     inst = (pid // n_seg).to(tl.int64)
     seg = (pid % n_seg).to(tl.int64)
     q = tl.program_id(1).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    mask_q = q < NQ
-    batch = inst + q // C
-    chan = q % C
+    mask_q = q < C
     start = tl.load(offsets_ptr + pid)
     end = tl.load(offsets_ptr + pid + 1)
     acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=dst_ptr.dtype.element_ty)
@@ -74,19 +72,19 @@ def _segment_kernel(
         val = tl.load(val_ptr + j, mask=mask_j, other=0.0)
         ok = mask_j & (idx >= 0) & (idx < n_src)
         src = tl.load(
-            src_ptr + (batch[None, :] * n_src + idx[:, None]) * C + chan[None, :],
+            src_ptr + (inst * n_src + idx[:, None]) * C + q[None, :],
             mask=ok[:, None] & mask_q[None, :],
             other=0.0,
         )
         acc += val[:, None] * src
     total = tl.sum(acc, axis=0)
-    tl.store(dst_ptr + (batch * n_seg + seg) * C + chan, total, mask=mask_q)
+    tl.store(dst_ptr + (inst * n_seg + seg) * C + q, total, mask=mask_q)
 
 
 @triton.jit
 def _scatter_kernel(
     dst_idx_ptr, src_idx_ptr, val_ptr, src_ptr, dst_ptr,
-    P, n_dst, n_src, NQ, C,
+    P, n_dst, n_src, C,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """dst[i, dst_idx[i, j], :] += val[i, j] * src[i, src_idx[i, j], :] by atomics.
@@ -97,21 +95,19 @@ def _scatter_kernel(
     j = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     q = tl.program_id(2).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     mask_j = j < P
-    mask_q = q < NQ
-    batch = inst + q // C
-    chan = q % C
+    mask_q = q < C
     dst_idx = tl.load(dst_idx_ptr + inst * P + j, mask=mask_j, other=0)
     src_idx = tl.load(src_idx_ptr + inst * P + j, mask=mask_j, other=0)
     val = tl.load(val_ptr + inst * P + j, mask=mask_j, other=0.0)
     ok = mask_j & (dst_idx >= 0) & (dst_idx < n_dst) & (src_idx >= 0) & (src_idx < n_src)
     mask = ok[:, None] & mask_q[None, :]
     src = tl.load(
-        src_ptr + (batch[None, :] * n_src + src_idx[:, None]) * C + chan[None, :],
+        src_ptr + (inst * n_src + src_idx[:, None]) * C + q[None, :],
         mask=mask,
         other=0.0,
     )
     tl.atomic_add(
-        dst_ptr + (batch[None, :] * n_dst + dst_idx[:, None]) * C + chan[None, :],
+        dst_ptr + (inst * n_dst + dst_idx[:, None]) * C + q[None, :],
         val[:, None] * src,
         mask=mask,
     )
@@ -120,7 +116,7 @@ def _scatter_kernel(
 @triton.jit
 def _gather_dot_kernel(
     rows_ptr, cols_ptr, dy_ptr, x_ptr, dv_ptr,
-    P, n_out, n_in, NQ, C,
+    P, n_out, n_in, C,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """dv[i, j] = sum_q dy[i, rows[i, j], q] * x[i, cols[i, j], q] (layout as above)."""
@@ -131,15 +127,13 @@ def _gather_dot_kernel(
     col = tl.load(cols_ptr + inst * P + j, mask=mask_j, other=0)
     ok = mask_j & (row >= 0) & (row < n_out) & (col >= 0) & (col < n_in)
     acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=dv_ptr.dtype.element_ty)
-    for q0 in range(0, NQ, BLOCK_Q):
+    for q0 in range(0, C, BLOCK_Q):
         q = q0 + tl.arange(0, BLOCK_Q)
-        mask_q = q < NQ
-        batch = inst + q // C
-        chan = q % C
+        mask_q = q < C
         mask = ok[:, None] & mask_q[None, :]
-        dy = tl.load(dy_ptr + (batch[None, :] * n_out + row[:, None]) * C + chan[None, :],
+        dy = tl.load(dy_ptr + (inst * n_out + row[:, None]) * C + q[None, :],
                      mask=mask, other=0.0)  # fmt: skip
-        x = tl.load(x_ptr + (batch[None, :] * n_in + col[:, None]) * C + chan[None, :],
+        x = tl.load(x_ptr + (inst * n_in + col[:, None]) * C + q[None, :],
                     mask=mask, other=0.0)  # fmt: skip
         acc += dy * x
     tl.store(dv_ptr + inst * P + j, tl.sum(acc, axis=1), mask=mask_j)
@@ -147,26 +141,21 @@ def _gather_dot_kernel(
 
 _BLOCKS = ("BLOCK_P", "BLOCK_Q")
 _segment = {
-    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["n_seg", "n_src", "NQ"])(
+    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["n_seg", "n_src", "C"])(
         _segment_kernel
     )
     for narrow in (True, False)
 }
 _scatter = {
     narrow: triton.autotune(
-        configs=_configs(narrow, _BLOCKS), key=["P", "n_dst", "NQ"], reset_to_zero=["dst_ptr"]
+        configs=_configs(narrow, _BLOCKS), key=["P", "n_dst", "C"], reset_to_zero=["dst_ptr"]
     )(_scatter_kernel)
     for narrow in (True, False)
 }
 _gather_dot = {
-    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["P", "NQ"])(_gather_dot_kernel)
+    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["P", "C"])(_gather_dot_kernel)
     for narrow in (True, False)
 }
-
-
-def _columns(n_w: int, b: int, c: int) -> int:
-    """Dense columns per program row: ``c`` per instance, ``b c`` for a W shared by the batch."""
-    return c if n_w == b else b * c
 
 
 def _fold_batch(n_w: int, t: torch.Tensor) -> torch.Tensor:
@@ -202,7 +191,7 @@ def _segment_reduce(
     if n_segments == 0 or b * c == 0 or P == 0:
         return torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
     src = _fold_batch(n_w, src)
-    nq = _columns(n_w, src.shape[0], src.shape[2])
+    nq = src.shape[2]  # dense columns per instance (the batch folded in for a shared W)
     dst = torch.zeros(src.shape[0], n_dst, src.shape[2], dtype=src.dtype, device=src.device)
     instance = torch.arange(n_w, device=dst_idx.device).unsqueeze(1)
     in_range = (dst_idx >= 0) & (dst_idx < n_dst)
@@ -218,7 +207,7 @@ def _segment_reduce(
         return (n_segments, triton.cdiv(nq, meta["BLOCK_Q"]))
 
     _segment[nq <= 4][grid](
-        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq, src.shape[2]
+        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq
     )  # fmt: skip
     return _unfold_batch(dst, b, c)
 
@@ -236,14 +225,14 @@ def _scatter_add(
     if n_w * n_dst == 0 or b * c == 0 or P == 0:
         return torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
     src = _fold_batch(n_w, src)
-    nq = _columns(n_w, src.shape[0], src.shape[2])
+    nq = src.shape[2]  # dense columns per instance (the batch folded in for a shared W)
     dst = torch.zeros(src.shape[0], n_dst, src.shape[2], dtype=src.dtype, device=src.device)
 
     def grid(meta):
         return (triton.cdiv(P, meta["BLOCK_P"]), n_w, triton.cdiv(nq, meta["BLOCK_Q"]))
 
     _scatter[nq <= 4][grid](
-        dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq, src.shape[2]
+        dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq
     )  # fmt: skip
     return _unfold_batch(dst, b, c)
 
@@ -276,11 +265,11 @@ def contract_dvprime(
     if n_w * P == 0 or b * c == 0:
         return dv
     x, grad_y = _fold_batch(n_w, x), _fold_batch(n_w, grad_y)
-    nq = _columns(n_w, x.shape[0], x.shape[2])
+    nq = x.shape[2]
 
     def grid(meta):
         return (triton.cdiv(P, meta["BLOCK_P"]), n_w)
 
     with on_device(x):
-        _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, x.shape[2])
+        _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq)
     return dv
