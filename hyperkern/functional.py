@@ -182,7 +182,7 @@ def apply(
         rows, cols = reference.flatten_tuples(points.flatten(1, 2), out_shape, x.shape[1:])
         vprime = values
     b = x.shape[0]
-    dtype = torch.promote_types(x.dtype, vprime.dtype)
+    dtype = x.dtype if x.dtype == vprime.dtype else torch.promote_types(x.dtype, vprime.dtype)
     y = library.contract(
         rows, cols, vprime.to(dtype), x.reshape(b, math.prod(x.shape[1:]), 1).to(dtype),
         math.prod(out_shape),
