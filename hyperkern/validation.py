@@ -18,6 +18,7 @@ __all__ = [
     "check_count",
     "check_finite",
     "check_generator",
+    "check_hyper_linear_inputs",
     "check_index_space",
     "check_optional_count",
     "check_positive_shape",
@@ -207,3 +208,46 @@ def check_contract_inputs(
     devices = {t.device for t in (rows, cols, vprime, x)}
     if len(devices) > 1:
         raise ValueError(f"rows, cols, vprime and x must be on one device, got {devices}")
+
+
+def check_hyper_linear_inputs(
+    x: torch.Tensor, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> int:
+    """Validate the arguments of :func:`hyper_linear`; return ``out`` (the output width).
+
+    Raises ``TypeError`` for non-tensors or dtypes other than float32/float64 (all four must
+    share one dtype) and ``ValueError`` for shape or device mismatches.
+    """
+    named = {"x": x, "e": e, "weight": weight, "bias": bias}
+    for name, tensor in named.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} must be float32 or float64, got {tensor.dtype}")
+    for name, tensor in named.items():
+        if tensor.dtype != x.dtype:
+            raise TypeError(f"{name} has dtype {tensor.dtype} but x has dtype {x.dtype}")
+        if tensor.device != x.device:
+            raise ValueError(f"{name} is on {tensor.device} but x is on {x.device}")
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (b, in), got {tuple(x.shape)}")
+    if e.dim() != 2 or e.shape[0] != x.shape[0]:
+        raise ValueError(f"e must have shape (b, e_dim) with b={x.shape[0]}, got {tuple(e.shape)}")
+    in_features, e_dim = x.shape[1], e.shape[1]
+    if in_features < 1 or e_dim < 1:
+        raise ValueError(
+            f"x and e need in >= 1 and e_dim >= 1, got in={in_features}, e_dim={e_dim}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != e_dim or weight.shape[0] % in_features != 0:
+        raise ValueError(
+            f"weight must have shape (out*in, e_dim) = (out*{in_features}, {e_dim}), "
+            f"got {tuple(weight.shape)}"
+        )
+    out_features = weight.shape[0] // in_features
+    if out_features < 1:
+        raise ValueError(f"weight must have at least in={in_features} rows, got {weight.shape[0]}")
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(
+            f"bias must have shape (out*in,) = ({weight.shape[0]},), got {tuple(bias.shape)}"
+        )
+    return out_features

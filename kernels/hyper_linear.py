@@ -21,7 +21,8 @@ import os
 import torch
 import triton
 import triton.language as tl
-from hyperkern.reference.hyper_linear import check_hyper_linear_inputs
+
+from hyperkern.validation import check_hyper_linear_inputs
 
 
 def _interpreting() -> bool:
