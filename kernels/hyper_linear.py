@@ -16,17 +16,12 @@ The first three share :func:`_outer_gemm_kernel` (strides select the role of eac
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from hyperkern._shared import interpreting as _interpreting
 from hyperkern.validation import check_hyper_linear_inputs
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _tf32(t: torch.Tensor) -> bool:
