@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from hyperkern import ops
 from hyperkern.reference.keys import duplicate_mask
 
 __all__ = [
@@ -335,11 +336,11 @@ def _repeated_vectors_packed(choices: torch.Tensor) -> torch.Tensor:
 
 
 def _dense_matrix(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Dense ``(b, n, n)`` from ``rows (b, s, n)``: entry ``(rows[i, s, j], j)`` gets
+    ``weights[i, s, j]`` (repeats add up)."""
     b, s, n = rows.shape
-    flat = rows * n + torch.arange(n, device=rows.device)  # row-major (row, col)
-    dense = weights.new_zeros(b, n * n)
-    dense = dense.scatter_add(1, flat.reshape(b, s * n), weights.reshape(b, s * n))
-    return dense.reshape(b, n, n)
+    cols = torch.arange(n, device=rows.device).expand(b, s, n).reshape(b, s * n)
+    return ops.densify(rows.reshape(b, s * n), cols, weights.reshape(b, s * n), n, n)
 
 
 def _contract(
@@ -351,7 +352,8 @@ def _contract(
 ) -> torch.Tensor:
     """``P @ values`` (or ``P^T @ values``) for the sparse matrix ``(rows, weights)``.
 
-    ``"sparse"`` scatters ``s * n`` weighted rows per instance (``index_add``); ``"dense"``
+    ``"sparse"`` runs the layer's contraction op (``hyperkern::contract``, Triton on CUDA) on
+    the ``s * n`` nonzeros per instance; ``"dense"``
     builds the ``(b, n, n)`` matrix and uses ``bmm``, cheaper once ``s > n``. ``"auto"`` picks
     the one with fewer multiply-adds.
     """
@@ -367,14 +369,12 @@ def _contract(
         return torch.bmm(matrix, flat).reshape(values.shape)
     if method != "sparse":
         raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
-    features = values.shape[2:]
-    flat = values.reshape(b * n, math.prod(features))
-    base = (torch.arange(b, device=rows.device) * n).view(b, 1, 1)
-    cols = torch.arange(n, device=rows.device).view(1, 1, n).expand(b, s, n)
-    src_index, dst_index = (rows + base, cols + base) if transpose else (cols + base, rows + base)
-    src = flat[src_index.reshape(-1)] * weights.reshape(-1, 1).to(values.dtype)
-    out = flat.new_zeros(b * n, flat.shape[1]).index_add(0, dst_index.reshape(-1), src)
-    return out.reshape(b, n, *features)
+    # entry (rows[i, s, j], j) of P holds weights[i, s, j]: the layer's contraction op
+    cols = torch.arange(n, device=rows.device).expand(b, s, n).reshape(b, s * n)
+    out_rows, weights = rows.reshape(b, s * n), weights.reshape(b, s * n).to(values.dtype)
+    src, dst = (out_rows, cols) if transpose else (cols, out_rows)
+    flat = values.reshape(b, n, math.prod(values.shape[2:]))
+    return ops.contract(dst, src, weights, flat, n, deterministic=True).reshape(values.shape)
 
 
 # ----------------------------------------------------------------------------------------------
