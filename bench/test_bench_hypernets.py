@@ -83,10 +83,10 @@ def test_per_sample_forward(benchmark, path, hk_scale, hk_device, hk_memory):
 
     def forward():
         with torch.no_grad():
-            return model(x, e, path=path)
+            return model(x, e, backend=path)
 
     run(benchmark, forward, hk_device, hk_scale, hk_memory, info)
-    expected = model(x, e, path="bmm").detach()
+    expected = model(x, e, backend="bmm").detach()
     torch.testing.assert_close(forward(), expected, rtol=1e-4, atol=1e-4)
 
 
@@ -97,10 +97,10 @@ def test_per_sample_forward_backward(benchmark, path, hk_scale, hk_device, hk_me
     leaves = [e, *model.parameters()]
 
     def step():
-        out = model(x, e, path=path)
+        out = model(x, e, backend=path)
         return torch.autograd.grad(out, leaves, dy)
 
     run(benchmark, step, hk_device, hk_scale, hk_memory, info)
-    reference = torch.autograd.grad(model(x, e, path="bmm"), leaves, dy)
+    reference = torch.autograd.grad(model(x, e, backend="bmm"), leaves, dy)
     for got, want in zip(step(), reference, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)

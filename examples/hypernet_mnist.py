@@ -64,7 +64,7 @@ class PerSampleClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.encoder(x)
         e = e / e.pow(2).mean(dim=1, keepdim=True).add(1e-6).sqrt()  # E[e²] = 1 for hyperfan
-        return self.hyper(x, e, path=self.path)
+        return self.hyper(x, e, backend=self.path)
 
 
 def build_model(kind: str, hidden: int, path: str, seed: int) -> nn.Module:

@@ -64,13 +64,13 @@ class HalfPermutation(NamedTuple):
     soft: torch.Tensor
     depth: int
 
-    def apply(self, values: torch.Tensor, method: str = "auto") -> torch.Tensor:
+    def apply(self, values: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """``P @ values``: ``(b, n, *f)`` -> ``(b, n, *f)``."""
-        return _contract(self.rows, self.weights, values, transpose=False, method=method)
+        return _contract(self.rows, self.weights, values, transpose=False, backend=backend)
 
-    def apply_transpose(self, values: torch.Tensor, method: str = "auto") -> torch.Tensor:
+    def apply_transpose(self, values: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """``P^T @ values``: ``(b, n, *f)`` -> ``(b, n, *f)``."""
-        return _contract(self.rows, self.weights, values, transpose=True, method=method)
+        return _contract(self.rows, self.weights, values, transpose=True, backend=backend)
 
     def dense(self) -> torch.Tensor:
         """The matrix as a dense ``(b, n, n)`` tensor (rows = output positions)."""
@@ -348,7 +348,7 @@ def _contract(
     weights: torch.Tensor,
     values: torch.Tensor,
     transpose: bool,
-    method: str,
+    backend: str,
 ) -> torch.Tensor:
     """``P @ values`` (or ``P^T @ values``) for the sparse matrix ``(rows, weights)``.
 
@@ -359,16 +359,16 @@ def _contract(
     """
     b, s, n = rows.shape
     _check_values(values, b, n)
-    if method == "auto":
-        method = "dense" if s >= n else "sparse"
-    if method == "dense":
+    if backend == "auto":
+        backend = "dense" if s >= n else "sparse"
+    if backend == "dense":
         matrix = _dense_matrix(rows, weights).to(values.dtype)
         if transpose:
             matrix = matrix.transpose(1, 2)
         flat = values.reshape(b, n, math.prod(values.shape[2:]))
         return torch.bmm(matrix, flat).reshape(values.shape)
-    if method != "sparse":
-        raise ValueError(f"method must be 'auto', 'sparse' or 'dense', got {method!r}")
+    if backend != "sparse":
+        raise ValueError(f"backend must be 'auto', 'sparse' or 'dense', got {backend!r}")
     # entry (rows[i, s, j], j) of P holds weights[i, s, j]: the layer's contraction op
     cols = torch.arange(n, device=rows.device).expand(b, s, n).reshape(b, s * n)
     out_rows, weights = rows.reshape(b, s * n), weights.reshape(b, s * n).to(values.dtype)
@@ -388,7 +388,7 @@ def sparse_sort(
     generator: torch.Generator | int | None = None,
     certainty: float = 10.0,
     intermediate: bool = False,
-    method: str = "auto",
+    backend: str = "auto",
 ) -> SortResult:
     """Soft-sort ``values`` by ``keys`` (ascending) with ``log2(n)`` sparse half-permutations.
 
@@ -404,7 +404,7 @@ def sparse_sort(
         certainty: ``C`` of the soft assignment (paper: 10).
         intermediate: also return the steps and the values after every step (for
             :func:`unsort_targets` and the intermediate loss).
-        method: contraction, ``"auto"``, ``"sparse"`` or ``"dense"``.
+        backend: contraction, ``"auto"``, ``"sparse"`` or ``"dense"``.
     Returns:
         :class:`SortResult`.
     """
@@ -416,8 +416,8 @@ def sparse_sort(
     intermediates = [values] if intermediate else []
     for depth in range(int(math.log2(n))):
         step = half_permutation(keys, depth, n_samples, certainty, gen)
-        values = step.apply(values, method)
-        keys = step.apply(keys.unsqueeze(-1), method).squeeze(-1)
+        values = step.apply(values, backend)
+        keys = step.apply(keys.unsqueeze(-1), backend).squeeze(-1)
         if intermediate:
             steps.append(step)
             intermediates.append(values)
@@ -425,7 +425,7 @@ def sparse_sort(
 
 
 def unsort_targets(
-    target: torch.Tensor, steps: list[HalfPermutation], method: str = "auto"
+    target: torch.Tensor, steps: list[HalfPermutation], backend: str = "auto"
 ) -> list[torch.Tensor]:
     """Feed the sorted target back through the transposed steps: ``t_{i-1} = P_i^T t_i``.
 
@@ -437,5 +437,5 @@ def unsort_targets(
     """
     targets = [target]
     for step in reversed(steps):
-        targets.insert(0, step.apply_transpose(targets[0], method))
+        targets.insert(0, step.apply_transpose(targets[0], backend))
     return targets

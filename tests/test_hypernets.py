@@ -222,8 +222,8 @@ def test_per_sample_linear_paths_equal_loop(batch, in_f, out_f, path):
 
 def test_per_sample_linear_rejects_bad_input():
     x, w = torch.randn(2, 3), torch.randn(2, 4, 3)
-    with pytest.raises(ValueError, match="path"):
-        per_sample_linear(x, w, path="nope")
+    with pytest.raises(ValueError, match="backend"):
+        per_sample_linear(x, w, backend="nope")
     with pytest.raises(ValueError, match="weight"):
         per_sample_linear(x, torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match="bias"):
@@ -238,7 +238,7 @@ def test_per_sample_mlp_paths_agree_with_grads(batch):
     e = torch.randn(batch, 4, dtype=torch.float64, generator=g, requires_grad=True)
     outputs, grads = {}, {}
     for path in ["loop", "grouped_conv", "bmm", "vmap", "outer"]:
-        out = hyper(x, e, path=path)
+        out = hyper(x, e, backend=path)
         outputs[path] = out
         loss = (out * torch.arange(3, dtype=torch.float64)).pow(2).sum()
         grads[path] = torch.autograd.grad(
@@ -260,8 +260,8 @@ def test_per_sample_mlp_generate_is_hand_built_and_grads_flow():
     )
     torch.testing.assert_close(b2, e @ hyper.bias_gen[1].T + hyper.bias_offset[1])
     hand = torch.stack([w2[b] @ torch.relu(w1[b] @ x[b] + b1[b]) + b2[b] for b in range(5)])
-    torch.testing.assert_close(hyper(x, e, path="loop"), hand)
-    assert_all_params_get_grad(hyper, lambda m: m(x, e, path="outer").pow(2).mean())
+    torch.testing.assert_close(hyper(x, e, backend="loop"), hand)
+    assert_all_params_get_grad(hyper, lambda m: m(x, e, backend="outer").pow(2).mean())
 
 
 def test_per_sample_mlp_hyperfan_in_variance():
@@ -277,8 +277,8 @@ def test_per_sample_mlp_rejects_bad_input():
         hyper(torch.randn(2, 4), torch.randn(2, 5))
     with pytest.raises(ValueError, match="x must be"):
         hyper(torch.randn(3, 4), torch.randn(2, 3))
-    with pytest.raises(ValueError, match="path"):
-        hyper(torch.randn(2, 4), torch.randn(2, 3), path="triton?")
+    with pytest.raises(ValueError, match="backend"):
+        hyper(torch.randn(2, 4), torch.randn(2, 3), backend="triton?")
 
 
 def test_reference_hyper_linear_gradcheck_and_materialized():

@@ -115,7 +115,7 @@ def test_per_sample_mlp_fused_path_equals_bmm():
     e = torch.randn(7, 4, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_(True)
     results = []
     for path in ("bmm", "fused"):
-        out = hyper(x, e, path=path)
+        out = hyper(x, e, backend=path)
         grads = torch.autograd.grad(out.pow(2).sum(), [e, *hyper.parameters()])
         results.append((out, grads))
     torch.testing.assert_close(results[1][0], results[0][0], **TOL[torch.float64])

@@ -46,7 +46,7 @@ def test_exact_steps_sort_exactly(n):
 def test_well_separated_keys_sort_with_samples(n, method):
     keys = _distinct_keys(6, n, seed=n, spacing=10.0)  # sigmoid(+-50) saturates
     values = torch.randn(6, n, 2, 2, generator=_gen(3), dtype=torch.float64)
-    result = sparse_sort(keys, values, n_samples=2 * n, generator=7, method=method)
+    result = sparse_sort(keys, values, n_samples=2 * n, generator=7, backend=method)
     order = keys.argsort(dim=1)
     expected = values.gather(1, order.view(6, n, 1, 1).expand_as(values))
     torch.testing.assert_close(result.values, expected, atol=1e-12, rtol=0)
@@ -227,8 +227,8 @@ def test_bad_options_raise():
         sparse_sort(keys, values, n_samples=-1)
     with pytest.raises(TypeError, match="generator"):
         sparse_sort(keys, values, n_samples=1, generator="seed")
-    with pytest.raises(ValueError, match="method"):
-        sparse_sort(keys, values, n_samples=1, generator=0, method="fancy")
+    with pytest.raises(ValueError, match="backend"):
+        sparse_sort(keys, values, n_samples=1, generator=0, backend="fancy")
     with pytest.raises(ValueError, match="depth"):
         half_permutation(keys, 2)
     with pytest.raises(ValueError, match="certainty"):

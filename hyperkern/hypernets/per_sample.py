@@ -30,7 +30,7 @@ PATHS = (*MATERIALISED_PATHS, "outer", "fused")
 
 
 def per_sample_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, path: str = "bmm"
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str = "bmm"
 ) -> torch.Tensor:
     """``y[b] = weight[b] @ x[b] + bias[b]`` for a batch of per-sample weights.
 
@@ -38,7 +38,7 @@ def per_sample_linear(
         x: ``(b, in)``.
         weight: ``(b, out, in)``.
         bias: ``(b, out)`` or None.
-        path: one of ``MATERIALISED_PATHS``.
+        backend: the implementation, one of ``MATERIALISED_PATHS``.
 
     Returns:
         ``(b, out)``.
@@ -53,23 +53,23 @@ def per_sample_linear(
     batch, out_features, in_features = weight.shape
     if bias is not None and bias.shape != (batch, out_features):
         raise ValueError(f"bias must be ({batch}, {out_features}), got {tuple(bias.shape)}")
-    if path == "loop":
+    if backend == "loop":
         # unbind, not x[b]: indexing's backward writes a full-size zero tensor per sample
         rows = [F.linear(xb, wb) for xb, wb in zip(x.unbind(0), weight.unbind(0), strict=True)]
         y = torch.stack(rows) if rows else x.new_zeros(0, out_features)
-    elif path == "grouped_conv":
+    elif backend == "grouped_conv":
         if batch == 0:
             y = x.new_zeros(0, out_features)
         else:
             filters = weight.reshape(batch * out_features, in_features, 1)
             y = F.conv1d(x.reshape(1, batch * in_features, 1), filters, groups=batch)
             y = y.reshape(batch, out_features)
-    elif path == "bmm":
+    elif backend == "bmm":
         y = torch.bmm(weight, x.unsqueeze(-1)).squeeze(-1)
-    elif path == "vmap":
+    elif backend == "vmap":
         y = torch.func.vmap(F.linear)(x, weight)
     else:
-        raise ValueError(f"path must be one of {MATERIALISED_PATHS}, got {path!r}")
+        raise ValueError(f"backend must be one of {MATERIALISED_PATHS}, got {backend!r}")
     return y if bias is None else y + bias
 
 
@@ -144,32 +144,32 @@ class PerSampleMLPHypernetwork(nn.Module):
         if e.dim() != 2 or e.shape[1] != self.embedding_dim:
             raise ValueError(f"e must be (b, {self.embedding_dim}), got {tuple(e.shape)}")
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, path: str = "bmm") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, backend: str = "bmm") -> torch.Tensor:
         """Evaluate sample ``b``'s generated MLP on ``x[b]``.
 
         Args:
             x: ``(b, layer_sizes[0])``.
             e: ``(b, e_dim)``.
-            path: one of :data:`PATHS`.
+            backend: the implementation, one of :data:`PATHS`.
 
         Returns:
             ``(b, layer_sizes[-1])`` (no activation after the last layer).
         """
-        if path not in PATHS:
-            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        if backend not in PATHS:
+            raise ValueError(f"backend must be one of {PATHS}, got {backend!r}")
         self._check_embedding(e)
         if x.dim() != 2 or x.shape != (e.shape[0], self.layer_sizes[0]):
             expected = (e.shape[0], self.layer_sizes[0])
             raise ValueError(f"x must be {expected}, got {tuple(x.shape)}")
         h = x
-        if path in MATERIALISED_PATHS:
+        if backend in MATERIALISED_PATHS:
             layers = self.generate(e)
             for index, (weight, bias) in enumerate(layers):
-                h = per_sample_linear(h, weight, bias, path)
+                h = per_sample_linear(h, weight, bias, backend)
                 if index < self.num_layers - 1:
                     h = torch.relu(h)
             return h
-        if path == "fused":
+        if backend == "fused":
             from hyperkern.kernels.hyper_linear import hyper_linear as linear_head
         else:
             linear_head = hyper_linear_outer
