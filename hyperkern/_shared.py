@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 INT64_MAX = 2**63 - 1
-MAX_DIM = 2**31 - 1
+MAX_DIM = 2**31 - 1  # per-column size limit: u32 * dim must fit int64 when sampling
 # Smallest per-column variance (index units^2, a standard deviation of 0.01): the width
 # transform's softplus underflows to 0 for very negative raw widths, and 0/0 would follow.
 VARIANCE_FLOOR = 1e-4
@@ -21,9 +21,7 @@ HALF_DTYPES = (torch.float16, torch.bfloat16)
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the ops compute in: float32 for float16/bfloat16 (fp32 accumulation and
     index math), the dtype itself otherwise."""
-    return (
-        torch.float32 if dtype in HALF_DTYPES else dtype
-    )  # per-column size limit: u32 * dim must fit int64 when sampling
+    return torch.float32 if dtype in HALF_DTYPES else dtype
 
 
 # Philox 4x32-10 (Salmon et al. 2011), the generator of torch's CUDA RNG and of tl.randint.

@@ -21,6 +21,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+from torch._library.custom_ops import CustomOpDef
 
 from hyperkern import reference
 from hyperkern._shared import VARIANCE_FLOOR, compute_dtype
@@ -40,25 +41,28 @@ def _impl(triton: bool) -> ModuleType:
     return _kernels
 
 
-# ---- sample ---------------------------------------------------------------------------------
+def _launcher_op(name: str, schema: str, launcher: str) -> CustomOpDef:
+    """The op ``hyperkern::<name>`` of ``schema``, whose last argument ``bool triton`` picks the
+    implementation: the launcher of that name in :mod:`hyperkern.kernels` or
+    :mod:`hyperkern.reference`, called with the other arguments."""
+
+    def implementation(*args):
+        return getattr(_impl(args[-1]), launcher)(*args[:-1])
+
+    qualname = f"hyperkern::{name}"
+    return torch.library.custom_op(qualname, implementation, mutates_args=(), schema=schema)
 
 
-@torch.library.custom_op("hyperkern::sample", mutates_args=())
-def sample(
-    mu: torch.Tensor,
-    seed: torch.Tensor,
-    dims: list[int],
-    n_out_dims: int,
-    n_local: int,
-    n_global: int,
-    region: list[int],
-    cantor: bool,
-    triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``mu (B, k, r)``, ``seed ()`` -> ``points (B, k, S, r)``, ``keys``, ``rows``, ``cols``
-    ``(B, k, S)``, all int64."""
-    fn = _impl(triton).sample
-    return fn(mu, seed, dims, n_out_dims, n_local, n_global, region, cantor)
+# ---- sample, duplicate mask -----------------------------------------------------------------
+
+#: ``mu (B, k, r)``, ``seed ()`` -> ``points (B, k, S, r)``, ``keys``, ``rows``, ``cols``
+#: ``(B, k, S)``, all int64 (docs/algorithm.md §2, §3).
+sample = _launcher_op(
+    "sample",
+    "(Tensor mu, Tensor seed, int[] dims, int n_out_dims, int n_local, int n_global, "
+    "int[] region, bool cantor, bool triton) -> (Tensor, Tensor, Tensor, Tensor)",
+    "sample",
+)
 
 
 @sample.register_fake
@@ -69,13 +73,12 @@ def _(mu, seed, dims, n_out_dims, n_local, n_global, region, cantor, triton):
     return (mu.new_empty((B, k, S, r), dtype=torch.int64), *flat)
 
 
-# ---- duplicate mask -------------------------------------------------------------------------
-
-
-@torch.library.custom_op("hyperkern::duplicate_mask", mutates_args=())
-def duplicate_mask(keys: torch.Tensor, context_size: int, triton: bool) -> torch.Tensor:
-    """``(B, k, S)`` int64 keys -> ``(B, k, S)`` bool, True at repeats within a context."""
-    return _impl(triton).duplicate_mask_from_keys(keys, context_size).contiguous()
+#: ``(B, k, S)`` int64 keys -> ``(B, k, S)`` bool, True at repeats within a context (§3).
+duplicate_mask = _launcher_op(
+    "duplicate_mask",
+    "(Tensor keys, int context_size, bool triton) -> Tensor",
+    "duplicate_mask_from_keys",
+)
 
 
 @duplicate_mask.register_fake
@@ -85,21 +88,13 @@ def _(keys, context_size, triton):
 
 # ---- proportions ----------------------------------------------------------------------------
 
-
-@torch.library.custom_op("hyperkern::proportions", mutates_args=())
-def proportions(
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    context_size: int,
-    chunk_size: int,
-    triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(v' (B, k, S), lognorm (B, k))``; see :func:`hyperkern.reference.proportions`."""
-    fn = _impl(triton).proportions_forward
-    return fn(points, mu, sigma, values, duplicates, context_size, chunk_size)
+#: ``(v' (B, k, S), lognorm (B, k))`` (§4); see :func:`hyperkern.reference.proportions`.
+proportions = _launcher_op(
+    "proportions",
+    "(Tensor points, Tensor mu, Tensor sigma, Tensor values, Tensor duplicates, "
+    "int context_size, int chunk_size, bool triton) -> (Tensor, Tensor)",
+    "proportions_forward",
+)
 
 
 @proportions.register_fake
@@ -108,21 +103,13 @@ def _(points, mu, sigma, values, duplicates, context_size, chunk_size, triton):
     return mu.new_empty((B, k, S)), mu.new_empty((B, k))
 
 
-@torch.library.custom_op("hyperkern::proportions_backward", mutates_args=())
-def proportions_backward(
-    grad: torch.Tensor,
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    lognorm: torch.Tensor,
-    context_size: int,
-    triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dmu (B, k, r), dsigma (B, k, r), dvalues (B, k))``."""
-    fn = _impl(triton).proportions_backward
-    return fn(grad, points, mu, sigma, values, duplicates, lognorm, context_size)
+#: ``(dmu (B, k, r), dsigma (B, k, r), dvalues (B, k))`` from ``grad (B, k, S)``.
+proportions_backward = _launcher_op(
+    "proportions_backward",
+    "(Tensor grad, Tensor points, Tensor mu, Tensor sigma, Tensor values, Tensor duplicates, "
+    "Tensor lognorm, int context_size, bool triton) -> (Tensor, Tensor, Tensor)",
+    "proportions_backward",
+)
 
 
 @proportions_backward.register_fake
@@ -249,7 +236,7 @@ def sparse_weight(
     points, keys, rows, cols = impl.sample(
         mu, seed, dims, n_out_dims, n_local, n_global, region, cantor
     )
-    duplicates = impl.duplicate_mask_from_keys(keys, context_size).contiguous()
+    duplicates = impl.duplicate_mask_from_keys(keys, context_size)
     vprime, lognorm = impl.proportions_forward(
         points, mu, sigma, values, duplicates, context_size, chunk_size
     )

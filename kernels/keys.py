@@ -109,4 +109,4 @@ def duplicate_mask_from_keys(keys: torch.Tensor, context_size: int | None) -> to
     block = _block()
     with on_device(keys):
         _mark_kernel[(triton.cdiv(length, block), n_ctx)](sorted_keys, order, repeat, length, block)
-    return from_contexts(repeat.view(torch.bool).reshape(ctx.shape), B, k)
+    return from_contexts(repeat.view(torch.bool).reshape(ctx.shape), B, k).contiguous()

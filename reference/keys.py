@@ -85,7 +85,7 @@ def duplicate_mask_from_keys(keys: torch.Tensor, context_size: int | None = None
     B, k, S = keys.shape
     ctx = to_contexts(keys, context_size, pad_value=-1)  # (C, cs, S); padding keys are -1
     repeat = mark_sorted_duplicates(ctx.reshape(ctx.shape[0], ctx.shape[1] * S)).reshape(ctx.shape)
-    return from_contexts(repeat, B, k)
+    return from_contexts(repeat, B, k).contiguous()
 
 
 def duplicate_mask(

@@ -218,7 +218,11 @@ def proportions_backward(
         prop = _exp_(logd.sub_(lognorm_c[:, None, part]))  # (C, P, mb)
         a = torch.bmm(g[:, None, :], prop).squeeze(1)  # (C, mb)
         dvalues[:, part] = a
-        dlogd = prop.mul_(g[:, :, None] - a[:, None, :]).mul_(values_c[:, None, part])
+        # g centred on its prop-weighted mean a / W: W = sum_j prop is 1 up to rounding, and
+        # that rounding, times g, would swamp (g - a) where one point holds nearly all mass
+        weight = prop.sum(1)
+        g_mean = torch.where(weight > 0, a / torch.where(weight > 0, weight, 1.0), 0.0)
+        dlogd = prop.mul_(g[:, :, None] - g_mean[:, None, :]).mul_(values_c[:, None, part])
         for d in range(r):
             diff = pts[:, :, d, None] - mu_c[:, None, part, d]
             weighted = dlogd * diff
