@@ -5,16 +5,20 @@ Options: ``--hk-scale`` = ``tiny`` | ``cpu`` (default) | ``gpu`` picks the sizes
 ``hk_case`` argument is parametrized over that group's cases.
 
 Peak memory: see bench/measure.py (CUDA allocator peak on GPU, process RSS high-water mark on
-CPU). The device bandwidth for the roofline is measured once per session (a large copy).
+CPU). The roofline (bench/roofline.py) measures HBM (a large copy) and L2 (a gather from a
+16 MiB buffer) bandwidth once per session, on CUDA only; on the CPU only the copy bandwidth is
+measured and no bound is reported.
 """
 
 from __future__ import annotations
 
 import platform
+import warnings
 
 import pytest
 import torch
 from measure import PeakMemory, measure_bandwidth
+from roofline import GB, Bandwidths, measure_bandwidths
 from sweeps import SCALES, bandwidth_bytes, cases, rounds
 
 from hyperkern import sparse_layer
@@ -82,9 +86,30 @@ def _warm_up(device: torch.device) -> None:
 
 
 @pytest.fixture(scope="session")
-def hk_bandwidth(hk_device: torch.device, hk_scale: str) -> float:
-    """Measured device memory bandwidth in GB/s (best large device-to-device copy)."""
-    gbps = measure_bandwidth(hk_device, bandwidth_bytes(hk_scale))
+def hk_roofline(hk_device: torch.device, hk_scale: str) -> Bandwidths | None:
+    """HBM and L2 bandwidths for the roofline bound, measured once per session on CUDA (the copy
+    at least 8x L2); ``None`` on the CPU, where nothing is measured."""
+    if hk_device.type != "cuda":
+        return None
+    try:
+        bandwidths = measure_bandwidths(hbm_bytes=bandwidth_bytes(hk_scale), device=hk_device)
+    except Exception as error:  # a failed probe must not cost the run its timings
+        _SESSION["roofline_error"] = f"{type(error).__name__}: {error}".splitlines()[0]
+        warnings.warn(f"roofline bandwidths not measured: {_SESSION['roofline_error']}",
+                      stacklevel=1)  # fmt: skip
+        return None
+    _SESSION["roofline"] = bandwidths.info()
+    return bandwidths
+
+
+@pytest.fixture(scope="session")
+def hk_bandwidth(hk_device: torch.device, hk_scale: str, hk_roofline: Bandwidths | None) -> float:
+    """Copy bandwidth in GB/s: the roofline's HBM figure on CUDA, on the CPU the best large
+    host-timed copy."""
+    if hk_roofline is not None:
+        gbps = hk_roofline.hbm / GB
+    else:
+        gbps = measure_bandwidth(hk_device, bandwidth_bytes(hk_scale))
     _SESSION["bandwidth_gbps"] = gbps
     return gbps
 
@@ -116,6 +141,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         torch_threads=torch.get_num_threads(),
         bandwidth_gbps=_SESSION.get("bandwidth_gbps"),
         mem_method=_SESSION.get("mem_method"),
+        **_SESSION.get("roofline", {}),
     )
 
 
@@ -124,4 +150,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(
             f"hyperkern bench: device {_device_name()}, measured copy bandwidth "
             f"{_SESSION['bandwidth_gbps']:.1f} GB/s, peak memory via {_SESSION.get('mem_method')}"
+        )
+    if "roofline_error" in _SESSION:
+        terminalreporter.write_line(
+            f"hyperkern bench roofline: NOT measured ({_SESSION['roofline_error']})"
+        )
+    if "roofline" in _SESSION:
+        bw = _SESSION["roofline"]
+        terminalreporter.write_line(
+            f"hyperkern bench roofline: HBM {bw['hbm_gbps']:.0f} GB/s (copy), L2 "
+            f"{bw['l2_gbps']:.0f} GB/s (gather of {bw['l2_row_bytes']} B rows from a "
+            f"{bw['l2_buffer_bytes'] / 2**20:.0f} MiB buffer)"
         )

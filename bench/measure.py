@@ -1,4 +1,4 @@
-"""Peak memory, device bandwidth, bytes moved and the shared benchmark runner.
+"""Peak memory, copy bandwidth and the shared benchmark runner (the roofline: bench/roofline.py).
 
 Peak memory is the memory an op allocates on top of what exists before it runs (its outputs,
 temporaries and, for training steps, the tensors autograd saves):
@@ -22,11 +22,21 @@ import ctypes
 import ctypes.util
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 import torch
+from roofline import (
+    Bandwidths,
+    SortSpec,
+    Traffic,
+    contraction_backward,
+    contraction_forward,
+    contraction_sorts,
+    roofline_info,
+    sort_seconds,
+)
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -123,22 +133,6 @@ def measure_bandwidth(device: torch.device, nbytes: int) -> float:
     return 2 * nbytes / copy_seconds(device, nbytes) / 1e9
 
 
-def contraction_bytes(
-    B: int, P: int, b: int, n_in: int, n_out: int, value_bytes: int, index_bytes: int = 8
-) -> dict[str, int]:
-    """Bytes an ideal contraction must move (docs/algorithm.md §5): values + indices + x + y.
-
-    Forward reads ``(B, P)`` values, rows and cols and ``x (b, n_in)``, writes ``y (b, n_out)``.
-    Backward reads ``dy``, the nonzeros and ``x``, writes ``dx (b, n_in)`` and ``dv' (B, P)``.
-    """
-    nonzeros = B * P * (value_bytes + 2 * index_bytes)
-    x = b * n_in * value_bytes
-    y = b * n_out * value_bytes
-    forward = nonzeros + x + y
-    backward = y + nonzeros + x + x + B * P * value_bytes
-    return {"forward": forward, "backward": backward, "forward_backward": forward + backward}
-
-
 def run_benchmark(
     benchmark: Any,
     fn: Callable[[], Any],
@@ -150,11 +144,15 @@ def run_benchmark(
     rounds: int,
     tracker: PeakMemory,
     extra: dict[str, Any] | None = None,
-    bytes_moved: int | None = None,
-    bandwidth_gbps: float | None = None,
+    traffic: Traffic | None = None,
+    bandwidths: Bandwidths | None = None,
+    sorts: Sequence[SortSpec] = (),
 ) -> Any:
     """Measure peak memory once, time ``fn`` for ``rounds`` rounds, fill ``extra_info``.
 
+    With ``traffic`` (bench/roofline.py) the model's HBM and L2 bytes go into ``extra_info``;
+    with ``bandwidths`` too (measured once per session, CUDA only) the roofline bound, the best
+    time's share of it and the time of ``sorts`` (timed apart, after the benchmark) as well.
     Returns ``fn``'s result from the memory run (for correctness checks).
     """
 
@@ -181,14 +179,27 @@ def run_benchmark(
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
     stats = getattr(benchmark, "stats", None)
     best = stats.stats.min if stats is not None else None
-    if bytes_moved is not None:
-        info["bytes_moved"] = int(bytes_moved)
-        if best:
-            info["gbps"] = bytes_moved / best / 1e9
-            if bandwidth_gbps:
-                info["bandwidth_gbps"] = bandwidth_gbps
-                info["bw_fraction"] = info["gbps"] / bandwidth_gbps
+    if traffic is not None:
+        info.update(hbm_bytes=int(traffic.hbm_bytes), l2_bytes=int(traffic.l2_gathered_bytes))
+        if bandwidths is not None:
+            sort_s = sort_seconds(sorts, device=device) if sorts else None
+            info.update(roofline_info(traffic, bandwidths, best, sort_s))
     return result
+
+
+def contraction_traffic(
+    case: Any, value_bytes: int, bandwidths: Bandwidths | None, backward: bool = False
+) -> tuple[Traffic, list[SortSpec]]:
+    """The roofline model of ``case`` (forward, or forward + ideal backward) and, for the
+    Triton path, the sorts it does."""
+    sizes = (case.nnz, case.b, case.n_in, case.n_out)
+    capacity = bandwidths.l2_capacity_bytes if bandwidths is not None else None
+    options = dict(shared=case.shared, value_bytes=value_bytes, l2_capacity_bytes=capacity)
+    traffic = contraction_forward(*sizes, **options)
+    if backward:
+        traffic = traffic + contraction_backward(*sizes, **options)
+    sorts = contraction_sorts(*sizes, shared=case.shared, backward=backward)
+    return traffic, sorts
 
 
 def triton_or_skip(name: str, device: torch.device) -> Callable:

@@ -5,8 +5,11 @@ Usage: ``python bench/report.py results.json --out bench/results/``
 Writes ``results.csv`` (one row per benchmark: op, sweep, x, impl, times in seconds, peak memory
 and every ``extra_info`` field), one ``<op>__<sweep>.png`` per op and sweep (best time of the
 timed rounds and peak memory against the swept size, log-log, one line per implementation;
-contractions add the fraction of measured bandwidth) and ``summary.md`` (the same numbers as
-markdown tables).
+where the run measured the roofline (bench/roofline.py), the percentage of the bound
+``max(HBM bytes / HBM bw, L2 bytes / L2 bw)`` the best time reaches) and ``summary.md`` (the
+same numbers as markdown tables, memory in binary units, with each Triton kernel's sort time).
+Results of runs from before the roofline (an HBM-only ``bw_fraction``) are shown as
+"% of bw".
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
+
+try:
+    from units import format_bytes
+except ImportError:  # loaded by file path (tests/test_bench_report.py): bench/ is not on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from units import format_bytes
 
 TIME_FIELDS = ("min", "median", "mean", "stddev", "max", "rounds")
 
@@ -59,8 +69,10 @@ def plot(frame: pd.DataFrame, out: Path) -> list[Path]:
     written = []
     for (op, sweep), part in frame.groupby(["op", "sweep"], sort=True):
         panels = [("min_s", "best time of rounds (s)"), ("peak_mem_bytes", "peak memory (bytes)")]
-        if "bw_fraction" in part and part["bw_fraction"].notna().any():
-            panels.append(("bw_fraction", "fraction of copy bandwidth"))
+        if "pct_of_bound" in part and part["pct_of_bound"].notna().any():
+            panels.append(("pct_of_bound", "% of roofline bound (HBM, L2)"))
+        elif "bw_fraction" in part and part["bw_fraction"].notna().any():
+            panels.append(("bw_fraction", "fraction of copy bandwidth (HBM-only bound)"))
         fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
         for ax, (column, label) in zip(axes[0], panels, strict=True):
             for impl, line in part.groupby("impl", sort=True):
@@ -92,8 +104,26 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _field(row, name: str) -> float:
+    value = getattr(row, name, float("nan"))
+    return float(value) if pd.notna(value) else float("nan")
+
+
+def _cell(row) -> str:
+    """``"3 ms, 731 MiB, 18.2% of bound, sort 1.2 ms"`` (the roofline parts where measured)."""
+    cell = f"{row.min_s * 1e3:.3g} ms, {format_bytes(row.peak_mem_bytes)}"
+    pct, fraction, sort_ms = (_field(row, n) for n in ("pct_of_bound", "bw_fraction", "sort_ms"))
+    if pct == pct:  # not NaN
+        cell += f", {pct:.1f}% of bound"
+    elif fraction == fraction:
+        cell += f", {fraction:.1%} of bw"
+    if sort_ms == sort_ms:
+        cell += f", sort {sort_ms:.3g} ms"
+    return cell
+
+
 def summary(frame: pd.DataFrame, machine: dict) -> str:
-    """Markdown tables: best time (ms) and peak memory (MiB) per op, sweep, size and impl.
+    """Markdown tables: best time (ms) and peak memory (binary units) per op, sweep, size, impl.
 
     The best of the timed rounds, not the median: on a shared machine the minimum is the
     least disturbed estimate (the CSV holds min, median, mean, stddev and max).
@@ -107,17 +137,25 @@ def summary(frame: pd.DataFrame, machine: dict) -> str:
         f"memory via {machine.get('mem_method')}",
         "",
     ]
+    if machine.get("l2_gbps"):
+        lines[0] += (
+            f", roofline: HBM {machine['hbm_gbps']:.0f} GB/s (copy), L2 {machine['l2_gbps']:.0f} "
+            f"GB/s (gather of {machine.get('l2_row_bytes')} B rows from a "
+            f"{format_bytes(machine.get('l2_buffer_bytes') or 0)} buffer)"
+        )
+    lines[1:1] = [
+        "",
+        "Cells: best time, peak memory; where measured, the % of the roofline bound "
+        "max(HBM bytes / HBM bw, L2 bytes / L2 bw) the best time reaches and the time of the "
+        "kernel's sort (part of its time, timed apart; bench/roofline.py).",
+    ]
     for (op, sweep), part in frame.groupby(["op", "sweep"], sort=True):
         if op == "roofline":
             continue
         lines.append(f"### {op} / {sweep}\n")
         cells: dict[int, dict[str, str]] = {}
         for row in part.itertuples(index=False):
-            cell = f"{row.min_s * 1e3:.3g} ms, {row.peak_mem_bytes / 2**20:.3g} MiB"
-            fraction = getattr(row, "bw_fraction", float("nan"))
-            if pd.notna(fraction):
-                cell += f", {fraction:.1%} of bw"
-            cells.setdefault(int(row.x), {})[row.impl] = cell
+            cells.setdefault(int(row.x), {})[row.impl] = _cell(row)
         table = pd.DataFrame.from_dict(cells, orient="index").sort_index()
         table = table[sorted(table.columns)].fillna("")
         lines.append(markdown_table(table.rename_axis(sweep).reset_index()))

@@ -1,16 +1,19 @@
-"""Contraction forward (docs/algorithm.md §5) and the roofline copy.
+"""Contraction forward (docs/algorithm.md §5), the roofline's copy and its L2 gather.
 
 Implementations: hyperkern Triton, plain torch (gather + scatter_add), ``index_add``, and
 ``torch.sparse.mm`` on COO and CSR (the sparse matrix is built inside the timed call: the
-nonzeros change every training step). Each result carries its bytes-moved bound (values +
-indices + x + y) and the fraction of the measured copy bandwidth it reaches.
-Sweeps: nonzeros (shared W), batch (one W per instance), in/out size.
+nonzeros change every training step). Each result carries the roofline model's HBM and
+L2-gathered bytes (bench/roofline.py); on CUDA also the bound
+``max(HBM bytes / HBM bw, L2 bytes / L2 bw)``, the share of it the best time reaches and, for
+Triton, the time of its segment-key sort (timed apart). Sweeps: nonzeros (shared W), batch (one
+W per instance), in/out size.
 """
 
 import pytest
+import roofline
 import torch
 from inputs import contraction_inputs
-from measure import contraction_bytes, fits_or_skip, run_benchmark, synchronize
+from measure import contraction_traffic, fits_or_skip, run_benchmark, synchronize
 from peers import contraction_fn
 from sweeps import bandwidth_bytes, total_nonzeros
 
@@ -22,19 +25,18 @@ IMPLS = ["triton", "torch", "index_add", "coo", "csr"]
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_contract_forward(
-    benchmark, impl, hk_case, hk_device, hk_rounds, hk_memory, hk_bandwidth, hk_generator
+    benchmark, impl, hk_case, hk_device, hk_rounds, hk_memory, hk_roofline, hk_generator
 ):
     fn = contraction_fn(impl, hk_device)
     if impl in ("torch", "index_add"):  # both gather a (b, nnz) copy of x, plus autograd buffers
         fits_or_skip(16 * hk_case.b * hk_case.nnz, hk_device, "(b, nnz) gathered x")
     rows, cols, vprime, x, _ = contraction_inputs(hk_case, hk_device, hk_generator)
-    moved = contraction_bytes(rows.shape[0], hk_case.nnz, hk_case.b, hk_case.n_in,
-                              hk_case.n_out, vprime.element_size())["forward"]  # fmt: skip
+    traffic, sorts = contraction_traffic(hk_case, vprime.element_size(), hk_roofline)
     result = run_benchmark(
         benchmark, lambda: fn(rows, cols, vprime, x, hk_case.n_out), group="contract forward",
         case=hk_case, impl=impl, device=hk_device, rounds=hk_rounds, tracker=hk_memory,
-        extra={"total_nnz": total_nonzeros(hk_case)}, bytes_moved=moved,
-        bandwidth_gbps=hk_bandwidth,
+        extra={"total_nnz": total_nonzeros(hk_case)}, traffic=traffic, bandwidths=hk_roofline,
+        sorts=sorts if impl == "triton" else (),
     )  # fmt: skip
     if impl != "torch" and total_nonzeros(hk_case) <= 2**16:
         expected = reference.contract(rows, cols, vprime, x, hk_case.n_out)
@@ -42,7 +44,7 @@ def test_contract_forward(
 
 
 def test_copy_bandwidth(benchmark, hk_device, hk_scale, hk_rounds, hk_bandwidth):
-    """The roofline's denominator: a device-to-device copy (reads and writes ``nbytes``)."""
+    """The roofline's HBM side: a device-to-device copy (reads and writes ``nbytes``)."""
     nbytes = bandwidth_bytes(hk_scale)
     src = torch.ones(nbytes // 4, device=hk_device)
     dst = torch.empty_like(src)
@@ -53,7 +55,26 @@ def test_copy_bandwidth(benchmark, hk_device, hk_scale, hk_rounds, hk_bandwidth)
 
     benchmark.group = "roofline / copy"
     benchmark.extra_info.update(op="roofline", impl="copy", sweep="bytes", x=nbytes,
-                                bytes_moved=2 * nbytes, bandwidth_gbps=hk_bandwidth)  # fmt: skip
+                                hbm_bytes=2 * nbytes, bandwidth_gbps=hk_bandwidth)  # fmt: skip
     benchmark.pedantic(copy, rounds=hk_rounds, iterations=1, warmup_rounds=1)
     assert torch.equal(dst, src)
     assert hk_bandwidth > 0
+
+
+def test_l2_gather_bandwidth(benchmark, hk_device, hk_rounds, hk_roofline):
+    """The roofline's L2 side: random 256 B rows summed in bags from a 16 MiB buffer (CUDA)."""
+    if hk_roofline is None:
+        pytest.skip("needs CUDA")
+    fn, gathered = roofline.l2_gather_probe(hk_device, buffer_bytes=hk_roofline.l2_buffer_bytes,
+                                            row_bytes=hk_roofline.l2_row_bytes)  # fmt: skip
+
+    def gather():
+        out = fn()
+        synchronize(hk_device)
+        return out
+
+    benchmark.group = "roofline / l2 gather"
+    benchmark.extra_info.update(op="roofline", impl="l2_gather", sweep="bytes", x=gathered,
+                                l2_bytes=gathered, **hk_roofline.info())  # fmt: skip
+    benchmark.pedantic(gather, rounds=hk_rounds, iterations=1, warmup_rounds=1)
+    assert hk_roofline.l2 > 0
