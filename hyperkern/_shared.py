@@ -4,9 +4,10 @@ from a Python list, so nothing in here syncs the host."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -22,6 +23,31 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the ops compute in: float32 for float16/bfloat16 (fp32 accumulation and
     index math), the dtype itself otherwise."""
     return torch.float32 if dtype in HALF_DTYPES else dtype
+
+
+def half_as_float32(fn: Callable) -> Callable:
+    """Run a launcher with float16/bfloat16 tensor arguments as float32 and give its floating
+    results back in that half dtype (float32 accumulation and index math for half inputs)."""
+
+    @functools.wraps(fn)
+    def launcher(*args, **options):
+        half = next((a.dtype for a in args if _is_half(a)), None)
+        if half is None:
+            return fn(*args, **options)
+        out = fn(*(a.float() if _is_half(a) else a for a in args), **options)
+        if isinstance(out, torch.Tensor):
+            return out.to(half)
+        return tuple(t.to(half) if _is_float(t) else t for t in out)
+
+    return launcher
+
+
+def _is_float(a: object) -> bool:
+    return isinstance(a, torch.Tensor) and a.is_floating_point()
+
+
+def _is_half(a: object) -> bool:
+    return isinstance(a, torch.Tensor) and a.dtype in HALF_DTYPES
 
 
 # Philox 4x32-10 (Salmon et al. 2011), the generator of torch's CUDA RNG and of tl.randint.

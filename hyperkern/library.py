@@ -21,6 +21,7 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
+from torch import Tensor
 from torch._library.custom_ops import CustomOpDef
 
 from hyperkern import reference
@@ -144,14 +145,14 @@ proportions.register_autograd(_proportions_grad, setup_context=_proportions_setu
 
 @torch.library.custom_op("hyperkern::contract", mutates_args=())
 def contract(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    vprime: torch.Tensor,
-    x: torch.Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    vprime: Tensor,
+    x: Tensor,
     n_out: int,
     deterministic: bool,
     triton: bool,
-) -> torch.Tensor:
+) -> Tensor:
     """``(B, P)`` nonzeros times ``x (b, n_in, c)`` -> ``(b, n_out, c)``."""
     work = compute_dtype(x.dtype)
     y = _impl(triton).contract_forward(
@@ -166,9 +167,7 @@ def _(rows, cols, vprime, x, n_out, deterministic, triton):
 
 
 @torch.library.custom_op("hyperkern::contract_dvprime", mutates_args=())
-def contract_dvprime(
-    rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor, triton: bool
-) -> torch.Tensor:
+def contract_dvprime(rows: Tensor, cols: Tensor, x: Tensor, grad_y: Tensor, triton: bool) -> Tensor:
     """``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)``."""
     work = compute_dtype(x.dtype)
     return _impl(triton).contract_dvprime(rows, cols, x.to(work), grad_y.to(work)).to(x.dtype)
@@ -210,10 +209,10 @@ def _transforms(means, sigmas, dims, sigma_scale, min_sigma):
 
 @torch.library.custom_op("hyperkern::sparse_weight", mutates_args=())
 def sparse_weight(
-    means: torch.Tensor,
-    sigmas: torch.Tensor,
-    values: torch.Tensor,
-    seed: torch.Tensor,
+    means: Tensor,
+    sigmas: Tensor,
+    values: Tensor,
+    seed: Tensor,
     dims: list[int],
     n_out_dims: int,
     n_local: int,
@@ -225,7 +224,7 @@ def sparse_weight(
     chunk_size: int,
     cantor: bool,
     triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Raw ``means (B, k, r)``, ``sigmas (B, k)``, ``values (B, k)`` -> ``rows``, ``cols``,
     ``v'`` ``(B, P)`` and, for the backward, ``points (B, k, S, r)``, ``duplicates (B, k, S)``,
     ``lognorm (B, k)``."""
@@ -260,19 +259,19 @@ def _(means, sigmas, values, seed, dims, n_out_dims, n_local, n_global, region, 
 
 @torch.library.custom_op("hyperkern::sparse_weight_backward", mutates_args=())
 def sparse_weight_backward(
-    grad_vprime: torch.Tensor,
-    means: torch.Tensor,
-    sigmas: torch.Tensor,
-    values: torch.Tensor,
-    points: torch.Tensor,
-    duplicates: torch.Tensor,
-    lognorm: torch.Tensor,
+    grad_vprime: Tensor,
+    means: Tensor,
+    sigmas: Tensor,
+    values: Tensor,
+    points: Tensor,
+    duplicates: Tensor,
+    lognorm: Tensor,
     dims: list[int],
     sigma_scale: float,
     min_sigma: float,
     context_size: int,
     triton: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(dmeans (B, k, r), dsigmas (B, k), dvalues (B, k))`` from ``dv' (B, P)``: the
     proportions backward, then the chain rule through the two transforms."""
     dtype = means.dtype

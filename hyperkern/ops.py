@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
 from hyperkern import library
 from hyperkern._shared import (
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-def _check_points(points: torch.Tensor, dims: Sequence[int] | None = None) -> None:
+def _check_points(points: Tensor, dims: Sequence[int] | None = None) -> None:
     check_tensor("points", points, (4,), floating=False)
     if points.dtype != torch.int64:
         raise TypeError(f"points must be int64 (B, k, S, r), got dtype {points.dtype}")
@@ -72,14 +73,14 @@ def _check_context(name: str, size: object) -> None:
 
 
 def sample_tuples(
-    mu: torch.Tensor,
+    mu: Tensor,
     dims: Sequence[int],
     n_local: int,
     n_global: int,
     region: Sequence[int] | None = None,
-    generator: torch.Generator | int | torch.Tensor | None = None,
+    generator: torch.Generator | int | Tensor | None = None,
     backend: str = "auto",
-) -> torch.Tensor:
+) -> Tensor:
     """``(B, k, r)`` means in index space -> ``(B, k, S, r)`` int64 tuples (corners, local,
     global; §2), from the counter-based stream seeded by ``generator``."""
     check_tensor("mu", mu, (3,))
@@ -97,13 +98,13 @@ def sample_tuples(
 
 
 def duplicate_mask(
-    points: torch.Tensor,
+    points: Tensor,
     dims: Sequence[int],
     context_size: int | None = None,
     key_kind: str = "auto",
     backend: str = "auto",
     validate: bool = False,
-) -> torch.Tensor:
+) -> Tensor:
     """``(B, k, S, r)`` tuples -> ``(B, k, S)`` bool, True at repeats within a context (§3).
 
     Tuples must lie in ``[0, dims)``: keys of tuples outside may collide. ``validate=True``
@@ -120,15 +121,15 @@ def duplicate_mask(
 
 
 def proportions(
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
+    points: Tensor,
+    mu: Tensor,
+    sigma: Tensor,
+    values: Tensor,
+    duplicates: Tensor,
     context_size: int | None = None,
     chunk_size: int | None = None,
     backend: str = "auto",
-) -> torch.Tensor:
+) -> Tensor:
     """Each tuple's share of its context's values, ``v'`` of shape ``(B, k, S)`` (§4).
 
     Shapes: ``points (B, k, S, r)`` int64, ``mu``/``sigma`` ``(B, k, r)``, ``values (B, k)``,
@@ -144,15 +145,15 @@ def proportions(
 
 
 def contract(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    vprime: torch.Tensor,
-    x: torch.Tensor,
+    rows: Tensor,
+    cols: Tensor,
+    vprime: Tensor,
+    x: Tensor,
     n_out: int,
     backend: str = "auto",
     deterministic: bool = True,
     validate: bool = False,
-) -> torch.Tensor:
+) -> Tensor:
     """Sparse W times dense x: ``(B, P)`` nonzeros, ``x (b, n_in[, c])`` -> ``(b, n_out[, c])``.
 
     ``B == b`` gives one W per instance, ``B == 1`` one W shared by the batch (§5). Indices
@@ -173,9 +174,7 @@ def contract(
     return y.squeeze(-1) if vector else y
 
 
-def densify(
-    rows: torch.Tensor, cols: torch.Tensor, vprime: torch.Tensor, n_out: int, n_in: int
-) -> torch.Tensor:
+def densify(rows: Tensor, cols: Tensor, vprime: Tensor, n_out: int, n_in: int) -> Tensor:
     """Dense W ``(B, n_out, n_in)`` from ``(B, P)`` nonzeros (repeats add up); tests, plots."""
     B = rows.shape[0]
     flat = torch.zeros(B, n_out * n_in, dtype=vprime.dtype, device=vprime.device)

@@ -11,6 +11,10 @@ from hyperkern._shared import MAX_DIM, linear_fits
 from hyperkern.backend import check_backend
 from hyperkern.seeds import check_generator
 
+#: what the ops take; float16 and bfloat16 are computed in float32
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_FLOAT_NAMES = "float16, bfloat16, float32 or float64"
+
 __all__ = [
     "check_backend",
     "check_contract_inputs",
@@ -146,8 +150,8 @@ def check_proportions_inputs(
         raise ValueError(f"points must have shape (B, k, S, r), got {tuple(points.shape)}")
     if points.dtype == torch.bool or points.is_complex():
         raise TypeError(f"points must be an integer or floating tensor, got {points.dtype}")
-    if mu.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"mu must be float32 or float64, got {mu.dtype}")
+    if mu.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"mu must be {_FLOAT_NAMES}, got {mu.dtype}")
     for name in ("sigma", "values"):
         if named[name].dtype != mu.dtype:
             raise TypeError(
@@ -186,8 +190,8 @@ def check_contract_inputs(
         if t.dtype != torch.int64:
             raise TypeError(f"{name} must be int64, got dtype {t.dtype}")
     for name, t in (("vprime", vprime), ("x", x)):
-        if t.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"{name} must be float32 or float64, got dtype {t.dtype}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be {_FLOAT_NAMES}, got dtype {t.dtype}")
     if rows.dim() != 2:
         raise ValueError(f"rows must have shape (B, P), got {tuple(rows.shape)}")
     for name, t in (("cols", cols), ("vprime", vprime)):
@@ -215,15 +219,15 @@ def check_hyper_linear_inputs(
 ) -> int:
     """Validate the arguments of :func:`hyper_linear`; return ``out`` (the output width).
 
-    Raises ``TypeError`` for non-tensors or dtypes other than float32/float64 (all four must
+    Raises ``TypeError`` for non-tensors or non-float dtypes (all four must
     share one dtype) and ``ValueError`` for shape or device mismatches.
     """
     named = {"x": x, "e": e, "weight": weight, "bias": bias}
     for name, tensor in named.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"{name} must be float32 or float64, got {tensor.dtype}")
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be {_FLOAT_NAMES}, got {tensor.dtype}")
     for name, tensor in named.items():
         if tensor.dtype != x.dtype:
             raise TypeError(f"{name} has dtype {tensor.dtype} but x has dtype {x.dtype}")

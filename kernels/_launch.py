@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 
 import torch
+from torch import Tensor
 
 from hyperkern._shared import interpreting
 
 
-def guard(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def guard(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Contiguous copies (where needed) of tensors that all live on one device the kernels can
     run on: CUDA, or the CPU under ``TRITON_INTERPRET=1``. ``ValueError`` otherwise."""
     device = tensors[0].device
@@ -24,7 +25,7 @@ def guard(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.contiguous() for t in tensors)
 
 
-def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+def on_device(t: Tensor) -> contextlib.AbstractContextManager:
     """Make ``t``'s CUDA device current for a launch (Triton launches on the current device)."""
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)

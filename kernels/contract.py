@@ -10,14 +10,17 @@ shared by the batch. Inside the kernels the dense side is ``(instances, n, C)``:
 - forward, deterministic (default): nonzeros sorted by the key ``instance * n_out + row``
   (stable ``torch.sort``), CSR offsets by ``torch.searchsorted``, then
   :func:`_segment_kernel`: one program per (instance, output row, column block) sums its
-  segment in a fixed order, no atomics; the same inputs give bitwise the same ``y`` (for the
-  block sizes autotune picked, once per shape and process).
+  segment in a fixed order, no atomics; the same inputs give bitwise the same ``y`` in every
+  process (tiles are pinned by :func:`_pinned`, not autotuned).
 - ``dx = W^T dy``: the same kernel on the transposed CSR (sorted by ``instance * n_in + col``).
 - ``dv'[j] = sum_q dy[row_j, q] x[col_j, q]`` (summed over the batch too for a shared W):
   :func:`_gather_dot_kernel`, one program per block of nonzeros, in the original order.
 - ``deterministic=False``: :func:`_scatter_kernel` adds every product into ``y`` (or ``dx``)
   with ``tl.atomic_add`` and skips the sort; the summation order, and so the last bits, may
-  change from run to run.
+  change from run to run. Its tiles are autotuned on sizes rounded up to powers of two.
+
+Grids are one-dimensional (axis 0 takes 2^31 - 1 programs, the others 65535), so any batch or
+channel count launches. Half-precision inputs run in float32 (:func:`half_as_float32`).
 
 Indices outside ``[0, n_out)`` / ``[0, n_in)`` contribute nothing and get ``dv' = 0``
 (:func:`hyperkern.ops.contract` checks the bounds before dispatching). :mod:`hyperkern.library`
@@ -29,21 +32,65 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
-from hyperkern._shared import interpreting as _interpreting
+from hyperkern._shared import half_as_float32, interpreting
 
 from ._launch import guard, on_device
 
+_MAX_GRID = 2**31 - 1  # launch grids are one-dimensional: only axis 0 holds more than 65535
 
-def _configs(narrow: bool, names: tuple[str, str]) -> list[triton.Config]:
-    """Block sizes ``(BLOCK_P, BLOCK_Q)``; ``narrow`` for at most 4 dense columns."""
-    if _interpreting():
+
+def _pinned(nq: int) -> dict:
+    """Fixed tiles of the deterministic kernels (a segment's summation order depends on them,
+    so timing-based autotuning could give other bits in another process)."""
+    if interpreting():
+        return dict(BLOCK_P=16, BLOCK_Q=4 if nq <= 4 else 16, num_warps=1)
+    if nq <= 4:
+        return dict(BLOCK_P=64, BLOCK_Q=4, num_warps=2)
+    return dict(BLOCK_P=32, BLOCK_Q=min(64, triton.next_power_of_2(nq)), num_warps=4)
+
+
+def _scatter_configs(narrow: bool) -> list[triton.Config]:
+    """Autotuned tiles of the atomic kernel (its order is not fixed anyway)."""
+    if interpreting():
         sizes = [(16, 4 if narrow else 16, 1)]
     elif narrow:
         sizes = [(32, 1, 1), (64, 1, 2), (128, 1, 4), (32, 4, 1), (64, 4, 2), (128, 4, 4)]
     else:
         sizes = [(16, 32, 1), (16, 64, 2), (32, 32, 2), (32, 64, 4), (16, 128, 4), (64, 64, 4)]
-    return [triton.Config({names[0]: p, names[1]: q}, num_warps=w) for p, q, w in sizes]
+    return [triton.Config({"BLOCK_P": p, "BLOCK_Q": q}, num_warps=w) for p, q, w in sizes]
+
+
+def _check_grid(n_programs: int) -> int:
+    if n_programs > _MAX_GRID:
+        raise ValueError(
+            f"contraction too large for one launch: {n_programs} programs > 2^31 - 1; "
+            "split the batch"
+        )
+    return n_programs
+
+
+def _bucket(n: int) -> int:
+    """Autotune keys are powers of two, so a ragged last batch reuses the tuned config."""
+    return triton.next_power_of_2(max(n, 1))
+
+
+@triton.jit
+def _program(C, BLOCK_Q: tl.constexpr):
+    """Axis 0 as (outer index, block of the ``C`` dense columns): ``(outer, q, q < C)``."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_q = tl.cdiv(C, BLOCK_Q)
+    q = (pid % n_q) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    return pid // n_q, q, q < C
+
+
+@triton.jit
+def _index_pairs(a_ptr, b_ptr, j, mask_j, n_a, n_b):
+    """``(a[j], b[j], ok)`` of nonzeros ``j``, ok where both indices are in range."""
+    a = tl.load(a_ptr + j, mask=mask_j, other=0)
+    b = tl.load(b_ptr + j, mask=mask_j, other=0)
+    return a, b, mask_j & (a >= 0) & (a < n_a) & (b >= 0) & (b < n_b)
 
 
 @triton.jit
@@ -54,16 +101,13 @@ def _segment_kernel(
 ):  # fmt: skip
     """dst[i, s, :] = sum_{j in segment (i, s)} val[j] * src[i, idx[j], :] over columns q.
 
-    Program (i * n_seg + s, q block); segment j runs over [offsets[pid], offsets[pid + 1]).
+    Program (segment i * n_seg + s, q block); segment j runs over [offsets[g], offsets[g + 1]).
     src is (., n_src, C), dst (., n_seg, C), both contiguous.
     """
-    pid = tl.program_id(0)
-    inst = (pid // n_seg).to(tl.int64)
-    seg = (pid % n_seg).to(tl.int64)
-    q = tl.program_id(1).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    mask_q = q < C
-    start = tl.load(offsets_ptr + pid)
-    end = tl.load(offsets_ptr + pid + 1)
+    g, q, mask_q = _program(C, BLOCK_Q)
+    inst = g // n_seg
+    start = tl.load(offsets_ptr + g)
+    end = tl.load(offsets_ptr + g + 1)
     acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=dst_ptr.dtype.element_ty)
     for j0 in range(start, end, BLOCK_P):
         j = j0 + tl.arange(0, BLOCK_P)
@@ -78,39 +122,35 @@ def _segment_kernel(
         )
         acc += val[:, None] * src
     total = tl.sum(acc, axis=0)
-    tl.store(dst_ptr + (inst * n_seg + seg) * C + q, total, mask=mask_q)
+    tl.store(dst_ptr + g * C + q, total, mask=mask_q)
 
 
 @triton.jit
 def _scatter_kernel(
     dst_idx_ptr, src_idx_ptr, val_ptr, src_ptr, dst_ptr,
-    P, n_dst, n_src, C,
+    P, n_dst, n_src, C, P_KEY, N_KEY, C_KEY,
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """dst[i, dst_idx[i, j], :] += val[i, j] * src[i, src_idx[i, j], :] by atomics.
 
-    Program (P block, instance i, q block); layout of src/dst as in :func:`_segment_kernel`.
+    Program (instance i, P block, q block); layout of src/dst as in :func:`_segment_kernel`.
+    ``*_KEY`` are the bucketed sizes autotuning keys on.
     """
-    inst = tl.program_id(1).to(tl.int64)
-    j = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    q = tl.program_id(2).to(tl.int64) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    mask_j = j < P
-    mask_q = q < C
-    dst_idx = tl.load(dst_idx_ptr + inst * P + j, mask=mask_j, other=0)
-    src_idx = tl.load(src_idx_ptr + inst * P + j, mask=mask_j, other=0)
-    val = tl.load(val_ptr + inst * P + j, mask=mask_j, other=0.0)
-    ok = mask_j & (dst_idx >= 0) & (dst_idx < n_dst) & (src_idx >= 0) & (src_idx < n_src)
+    outer, q, mask_q = _program(C, BLOCK_Q)
+    n_p = tl.cdiv(P, BLOCK_P)
+    inst = outer // n_p
+    j = (outer % n_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    first = inst * P
+    dst_idx, src_idx, ok = _index_pairs(
+        dst_idx_ptr + first, src_idx_ptr + first, j, j < P, n_dst, n_src
+    )
+    val = tl.load(val_ptr + first + j, mask=j < P, other=0.0)
     mask = ok[:, None] & mask_q[None, :]
     src = tl.load(
-        src_ptr + (inst * n_src + src_idx[:, None]) * C + q[None, :],
-        mask=mask,
-        other=0.0,
+        src_ptr + (inst * n_src + src_idx[:, None]) * C + q[None, :], mask=mask, other=0.0
     )
-    tl.atomic_add(
-        dst_ptr + (inst * n_dst + dst_idx[:, None]) * C + q[None, :],
-        val[:, None] * src,
-        mask=mask,
-    )
+    dst = dst_ptr + (inst * n_dst + dst_idx[:, None]) * C + q[None, :]
+    tl.atomic_add(dst, val[:, None] * src, mask=mask)
 
 
 @triton.jit
@@ -120,45 +160,31 @@ def _gather_dot_kernel(
     BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
     """dv[i, j] = sum_q dy[i, rows[i, j], q] * x[i, cols[i, j], q] (layout as above)."""
-    inst = tl.program_id(1).to(tl.int64)
-    j = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pid = tl.program_id(0).to(tl.int64)
+    n_p = tl.cdiv(P, BLOCK_P)
+    inst = pid // n_p
+    j = (pid % n_p) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_j = j < P
-    row = tl.load(rows_ptr + inst * P + j, mask=mask_j, other=0)
-    col = tl.load(cols_ptr + inst * P + j, mask=mask_j, other=0)
-    ok = mask_j & (row >= 0) & (row < n_out) & (col >= 0) & (col < n_in)
+    row, col, ok = _index_pairs(rows_ptr + inst * P, cols_ptr + inst * P, j, mask_j, n_out, n_in)
     acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=dv_ptr.dtype.element_ty)
     for q0 in range(0, C, BLOCK_Q):
         q = q0 + tl.arange(0, BLOCK_Q)
-        mask_q = q < C
-        mask = ok[:, None] & mask_q[None, :]
-        dy = tl.load(dy_ptr + (inst * n_out + row[:, None]) * C + q[None, :],
-                     mask=mask, other=0.0)  # fmt: skip
-        x = tl.load(x_ptr + (inst * n_in + col[:, None]) * C + q[None, :],
-                    mask=mask, other=0.0)  # fmt: skip
+        mask = ok[:, None] & (q < C)[None, :]
+        dy = tl.load(dy_ptr + (inst * n_out + row[:, None]) * C + q[None, :], mask=mask, other=0.0)
+        x = tl.load(x_ptr + (inst * n_in + col[:, None]) * C + q[None, :], mask=mask, other=0.0)
         acc += dy * x
     tl.store(dv_ptr + inst * P + j, tl.sum(acc, axis=1), mask=mask_j)
 
 
-_BLOCKS = ("BLOCK_P", "BLOCK_Q")
-_segment = {
-    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["n_seg", "n_src", "C"])(
-        _segment_kernel
-    )
-    for narrow in (True, False)
-}
 _scatter = {
     narrow: triton.autotune(
-        configs=_configs(narrow, _BLOCKS), key=["P", "n_dst", "C"], reset_to_zero=["dst_ptr"]
+        configs=_scatter_configs(narrow), key=["P_KEY", "N_KEY", "C_KEY"], reset_to_zero=["dst_ptr"]
     )(_scatter_kernel)
     for narrow in (True, False)
 }
-_gather_dot = {
-    narrow: triton.autotune(configs=_configs(narrow, _BLOCKS), key=["P", "C"])(_gather_dot_kernel)
-    for narrow in (True, False)
-}
 
 
-def _fold_batch(n_w: int, t: torch.Tensor) -> torch.Tensor:
+def _fold_batch(n_w: int, t: Tensor) -> Tensor:
     """For one W shared by ``b > 1`` rows, ``(b, n, c) -> (1, n, b c)`` (a contiguous copy):
     the batch becomes channels, so the gather of one nonzero's dense row is one contiguous read
     of ``b c`` values instead of ``b`` reads ``n c`` elements apart. Otherwise ``t`` itself."""
@@ -167,7 +193,7 @@ def _fold_batch(n_w: int, t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _unfold_batch(t: torch.Tensor, b: int, c: int) -> torch.Tensor:
+def _unfold_batch(t: Tensor, b: int, c: int) -> Tensor:
     """Inverse of :func:`_fold_batch`: ``(1, n, b c) -> (b, n, c)`` contiguous."""
     if t.shape[0] == b:
         return t
@@ -175,12 +201,12 @@ def _unfold_batch(t: torch.Tensor, b: int, c: int) -> torch.Tensor:
 
 
 def _segment_reduce(
-    dst_idx: torch.Tensor,
-    src_idx: torch.Tensor,
-    vals: torch.Tensor,
-    src: torch.Tensor,
+    dst_idx: Tensor,
+    src_idx: Tensor,
+    vals: Tensor,
+    src: Tensor,
     n_dst: int,
-) -> torch.Tensor:
+) -> Tensor:
     """``dst[i, d] = sum_{j: dst_idx[j] = d} vals[j] src[i, src_idx[j]]`` without atomics.
 
     ``dst_idx``/``src_idx``/``vals`` ``(B, P)``, ``src (b, n_src, c)`` -> ``(b, n_dst, c)``.
@@ -203,22 +229,22 @@ def _segment_reduce(
     sorted_src_idx = src_idx.flatten()[order]
     sorted_vals = vals.flatten()[order]
 
-    def grid(meta):
-        return (n_segments, triton.cdiv(nq, meta["BLOCK_Q"]))
-
-    _segment[nq <= 4][grid](
-        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq
-    )  # fmt: skip
+    tiles = _pinned(nq)
+    n_q = triton.cdiv(nq, tiles["BLOCK_Q"])
+    _check_grid(n_segments * n_q)
+    _segment_kernel[(n_segments * n_q,)](
+        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq, **tiles
+    )
     return _unfold_batch(dst, b, c)
 
 
 def _scatter_add(
-    dst_idx: torch.Tensor,
-    src_idx: torch.Tensor,
-    vals: torch.Tensor,
-    src: torch.Tensor,
+    dst_idx: Tensor,
+    src_idx: Tensor,
+    vals: Tensor,
+    src: Tensor,
     n_dst: int,
-) -> torch.Tensor:
+) -> Tensor:
     """Same result as :func:`_segment_reduce` by atomic adds (order not fixed)."""
     n_w, P = dst_idx.shape
     b, n_src, c = src.shape
@@ -229,22 +255,18 @@ def _scatter_add(
     dst = torch.zeros(src.shape[0], n_dst, src.shape[2], dtype=src.dtype, device=src.device)
 
     def grid(meta):
-        return (triton.cdiv(P, meta["BLOCK_P"]), n_w, triton.cdiv(nq, meta["BLOCK_Q"]))
+        n_p, n_q = triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(nq, meta["BLOCK_Q"])
+        return (_check_grid(n_w * n_p * n_q),)
 
-    _scatter[nq <= 4][grid](
-        dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq
-    )  # fmt: skip
+    keys = _bucket(P), _bucket(n_dst), _bucket(nq)
+    _scatter[nq <= 4][grid](dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq, *keys)
     return _unfold_batch(dst, b, c)
 
 
+@half_as_float32
 def contract_forward(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    vprime: torch.Tensor,
-    x: torch.Tensor,
-    n_out: int,
-    deterministic: bool = True,
-) -> torch.Tensor:
+    rows: Tensor, cols: Tensor, vprime: Tensor, x: Tensor, n_out: int, deterministic: bool = True
+) -> Tensor:
     """``y[b, row_j, :] += vprime[j] x[b, col_j, :]``: ``(B, P)`` nonzeros, ``x (b, n_in, c)``
     -> ``(b, n_out, c)``; segment-reduced (``deterministic``) or by atomic adds."""
     rows, cols, vprime, x = guard(rows, cols, vprime.to(x.dtype), x)
@@ -253,9 +275,8 @@ def contract_forward(
         return reduce(rows, cols, vprime, x, n_out)
 
 
-def contract_dvprime(
-    rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor
-) -> torch.Tensor:
+@half_as_float32
+def contract_dvprime(rows: Tensor, cols: Tensor, x: Tensor, grad_y: Tensor) -> Tensor:
     """``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)`` (a gather-dot)."""
     rows, cols, x, grad_y = guard(rows, cols, x, grad_y.to(x.dtype))
     n_w, P = rows.shape
@@ -266,10 +287,8 @@ def contract_dvprime(
         return dv
     x, grad_y = _fold_batch(n_w, x), _fold_batch(n_w, grad_y)
     nq = x.shape[2]
-
-    def grid(meta):
-        return (triton.cdiv(P, meta["BLOCK_P"]), n_w)
-
+    tiles = _pinned(nq)
     with on_device(x):
-        _gather_dot[nq <= 4][grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq)
+        grid = (_check_grid(n_w * triton.cdiv(P, tiles["BLOCK_P"])),)
+        _gather_dot_kernel[grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, **tiles)
     return dv

@@ -19,12 +19,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
+from hyperkern._shared import compute_dtype
 from hyperkern._shared import interpreting as _interpreting
 from hyperkern.validation import check_hyper_linear_inputs
 
 
-def _tf32(t: torch.Tensor) -> bool:
+def _tf32(t: Tensor) -> bool:
     """Follow torch: TF32 only for float32 CUDA tensors when ``allow_tf32`` is set."""
     return t.is_cuda and t.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
 
@@ -88,8 +90,10 @@ def _outer_gemm_kernel(
 
     u: (B, P), v: (B, Q), out: (B, N), all contiguous; M[p, q, n] = a[p*sa_p + q*sa_q + n*sa_n].
     """
-    pid_b = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid = tl.program_id(0).to(tl.int64)  # int64: offsets may pass 2^31
+    n_blocks_n = tl.cdiv(N, BLOCK_N)
+    pid_b = pid // n_blocks_n
+    pid_n = pid % n_blocks_n
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_b = offs_b < B
@@ -133,8 +137,10 @@ def _outer_grad_kernel(
 
     dy: (B, O), x: (B, I), e: (B, D), dA: (O*I, D), dc: (O*I,), all contiguous.
     """
-    pid_o = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid = tl.program_id(0).to(tl.int64)  # int64: offsets may pass 2^31
+    n_blocks_k = tl.cdiv(I * (D + 1), BLOCK_K)
+    pid_o = pid // n_blocks_k
+    pid_k = pid % n_blocks_k
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     d_ext = D + 1
@@ -180,15 +186,15 @@ _outer_grad = {
 
 
 def _launch_outer_gemm(
-    u: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    c: torch.Tensor,
+    u: Tensor,
+    v: Tensor,
+    a: Tensor,
+    c: Tensor,
     n_out: int,
     a_strides: tuple[int, int, int],
     c_strides: tuple[int, int],
     has_ext: bool,
-) -> torch.Tensor:
+) -> Tensor:
     batch, p_size = u.shape
     q_size = v.shape[1]
     out = torch.empty(batch, n_out, device=u.device, dtype=u.dtype)
@@ -196,7 +202,7 @@ def _launch_outer_gemm(
         return out
 
     def grid(meta):
-        return (triton.cdiv(batch, meta["BLOCK_B"]), triton.cdiv(n_out, meta["BLOCK_N"]))
+        return (triton.cdiv(batch, meta["BLOCK_B"]) * triton.cdiv(n_out, meta["BLOCK_N"]),)
 
     _outer_gemm[u.dtype][grid](
         u, v, a, c, out,
@@ -207,9 +213,7 @@ def _launch_outer_gemm(
     return out
 
 
-def hyper_linear_forward(
-    x: torch.Tensor, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
+def hyper_linear_forward(x: Tensor, e: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Kernel forward on contiguous inputs: x (b, in), e (b, e_dim), weight (out*in, e_dim),
     bias (out*in,) -> y (b, out). No validation; use :func:`hyper_linear`."""
     in_f, e_dim = x.shape[1], e.shape[1]
@@ -221,13 +225,13 @@ def hyper_linear_forward(
 
 
 def hyper_linear_backward(
-    grad_y: torch.Tensor,
-    x: torch.Tensor,
-    e: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
+    grad_y: Tensor,
+    x: Tensor,
+    e: Tensor,
+    weight: Tensor,
+    bias: Tensor,
     needs: tuple[bool, bool, bool, bool] = (True, True, True, True),
-) -> tuple[torch.Tensor | None, ...]:
+) -> tuple[Tensor | None, ...]:
     """Kernel backward: grad_y (b, out) -> (dx (b, in), de (b, e_dim), dA (out*in, e_dim),
     dc (out*in,)); entries whose ``needs`` flag is False are None."""
     batch, in_f = x.shape
@@ -248,10 +252,8 @@ def hyper_linear_backward(
         if batch > 0:
 
             def grid(meta):
-                return (
-                    triton.cdiv(out_f, meta["BLOCK_O"]),
-                    triton.cdiv(in_f * (e_dim + 1), meta["BLOCK_K"]),
-                )
+                n_k = triton.cdiv(in_f * (e_dim + 1), meta["BLOCK_K"])
+                return (triton.cdiv(out_f, meta["BLOCK_O"]) * n_k,)
 
             _outer_grad[x.dtype][grid](
                 grad_y, x, e, da, dc, batch, out_f, in_f, e_dim,
@@ -278,9 +280,7 @@ class HyperLinearFunction(torch.autograd.Function):
         )
 
 
-def hyper_linear(
-    x: torch.Tensor, e: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
+def hyper_linear(x: Tensor, e: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """Per-sample linear map ``y_b = reshape(A e_b + c, (out, in)) x_b`` by the fused kernel.
 
     Args:
@@ -299,6 +299,6 @@ def hyper_linear(
             f"x is on {x.device}: the Triton kernel needs CUDA tensors or TRITON_INTERPRET=1; "
             "use hyperkern.reference.hyper_linear.hyper_linear on CPU"
         )
-    return HyperLinearFunction.apply(
-        x.contiguous(), e.contiguous(), weight.contiguous(), bias.contiguous()
-    )
+    work = compute_dtype(x.dtype)  # float16/bfloat16 run in float32
+    operands = (t.to(work).contiguous() for t in (x, e, weight, bias))
+    return HyperLinearFunction.apply(*operands).to(x.dtype)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from hyperkern._shared import (
     constant,
@@ -65,9 +66,11 @@ def _keys_kernel(
 def _mark_kernel(sorted_ptr, order_ptr, repeat_ptr, L, BLOCK: tl.constexpr):
     """repeat[c, order[c, i]] = sorted[c, i] == sorted[c, i - 1] (i > 0); (C, L) contiguous.
 
-    Grid ``(blocks of L, contexts)``: the large axis first, so it is never capped at 65535."""
-    row = tl.program_id(1).to(tl.int64) * L
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    One-dimensional grid over (context, block of L): axis 0 takes 2^31 - 1 programs."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_blocks = tl.cdiv(L, BLOCK)
+    row = (pid // n_blocks) * L
+    offs = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < L
     here = tl.load(sorted_ptr + row + offs, mask=mask, other=0)
     before = tl.load(sorted_ptr + row + offs - 1, mask=mask & (offs > 0), other=0)
@@ -76,7 +79,7 @@ def _mark_kernel(sorted_ptr, order_ptr, repeat_ptr, L, BLOCK: tl.constexpr):
     tl.store(repeat_ptr + row + target, repeat.to(tl.int8), mask=mask)
 
 
-def tuple_keys(points: torch.Tensor, dims: list[int], kind: str = "auto") -> torch.Tensor:
+def tuple_keys(points: Tensor, dims: list[int], kind: str = "auto") -> Tensor:
     """``(..., r)`` int64 points -> ``(...)`` int64 keys, ``kind`` ``"cantor"``, ``"linear"``
     or ``"auto"`` (see :func:`hyperkern._shared.resolve_key_kind`)."""
     cantor = resolve_key_kind(dims, kind) == "cantor"
@@ -95,7 +98,7 @@ def tuple_keys(points: torch.Tensor, dims: list[int], kind: str = "auto") -> tor
     return keys
 
 
-def duplicate_mask_from_keys(keys: torch.Tensor, context_size: int | None) -> torch.Tensor:
+def duplicate_mask_from_keys(keys: Tensor, context_size: int | None) -> Tensor:
     """``(B, k, S)`` non-negative int64 keys -> ``(B, k, S)`` bool, True where the key occurred
     earlier in its context (mean-major order)."""
     B, k, S = keys.shape
@@ -108,5 +111,6 @@ def duplicate_mask_from_keys(keys: torch.Tensor, context_size: int | None) -> to
     repeat = torch.empty(n_ctx, length, dtype=torch.int8, device=keys.device)
     block = _block()
     with on_device(keys):
-        _mark_kernel[(triton.cdiv(length, block), n_ctx)](sorted_keys, order, repeat, length, block)
+        grid = (n_ctx * triton.cdiv(length, block),)
+        _mark_kernel[grid](sorted_keys, order, repeat, length, block)
     return from_contexts(repeat.view(torch.bool).reshape(ctx.shape), B, k).contiguous()

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hyperkern._shared import compute_dtype, context_count, interpreting
+from hyperkern._shared import context_count, half_as_float32, interpreting
 
 from ._launch import guard, on_device
 
@@ -257,9 +257,9 @@ def _layout(points: Tensor, cs: int, n_splits: int | None, block_m: int):
 
 
 def _operands(points, mu, sigma, values, duplicates):
-    """Kernel operands: contiguous, float32 for half inputs; float or int64 points, uint8
-    duplicate flags and the per-mean coefficients ``w``."""
-    dtype = compute_dtype(mu.dtype)
+    """Kernel operands: contiguous; float or int64 points, uint8 duplicate flags and the
+    per-mean coefficients ``w``."""
+    dtype = mu.dtype
     pts = points.to(dtype) if points.is_floating_point() else points.to(torch.int64)
     mu, sigma, values = (t.to(dtype) for t in (mu, sigma, values))
     w = torch.rsqrt(sigma * (2.0 / LOG2E))
@@ -274,6 +274,7 @@ def _merge_lognorm2(part_max: Tensor, part_sum: Tensor) -> Tensor:
     return torch.where(torch.isinf(top), torch.zeros_like(top), shift + torch.log2(total))
 
 
+@half_as_float32
 def proportions_forward(
     points: Tensor, mu: Tensor, sigma: Tensor, values: Tensor, duplicates: Tensor, cs: int,
     chunk: int | None = None, n_splits: int | None = None,
@@ -306,6 +307,7 @@ def proportions_forward(
     return out.to(mu.dtype), (lognorm2 / LOG2E).to(mu.dtype)
 
 
+@half_as_float32
 def proportions_backward(
     grad: Tensor, points: Tensor, mu: Tensor, sigma: Tensor, values: Tensor, duplicates: Tensor,
     lognorm: Tensor, cs: int, n_splits: int | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from hyperkern._shared import (
     PHILOX_KEY_A,
@@ -117,15 +118,15 @@ def _block() -> int:
 
 
 def sample(
-    mu: torch.Tensor,
-    seed: torch.Tensor,
+    mu: Tensor,
+    seed: Tensor,
     dims: list[int],
     n_out_dims: int,
     n_local: int,
     n_global: int,
     region: list[int],
     cantor: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``mu (B, k, r)``, ``seed ()`` int64 -> ``points (B, k, S, r)``, ``keys``, ``rows``,
     ``cols`` ``(B, k, S)`` int64; the first ``n_out_dims`` columns index W's rows."""
     B, k, R = mu.shape

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hyperkern._shared import row_major_strides
+from hyperkern._shared import half_as_float32, row_major_strides
 
 from .params import dims_tensor
 
@@ -60,6 +60,7 @@ def contract(
     return y.squeeze(-1) if vector else y
 
 
+@half_as_float32
 def contract_forward(
     rows: torch.Tensor,
     cols: torch.Tensor,
@@ -73,6 +74,7 @@ def contract_forward(
     return contract(rows, cols, vprime.to(x.dtype), x, n_out)
 
 
+@half_as_float32
 def contract_dvprime(
     rows: torch.Tensor, cols: torch.Tensor, x: torch.Tensor, grad_y: torch.Tensor
 ) -> torch.Tensor:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from hyperkern._shared import half_as_float32
+
 from .contexts import from_contexts, to_contexts
 
 __all__ = [
@@ -150,6 +152,7 @@ def _blocks(C: int, P: int, cs: int, chunk: int | None):
     return [slice(m0, m0 + size) for m0 in range(0, cs, max(size, 1))]
 
 
+@half_as_float32
 def proportions_forward(
     points: torch.Tensor,
     mu: torch.Tensor,
@@ -191,6 +194,7 @@ def proportions_forward(
     return vprime, from_contexts(lognorm, B, k)
 
 
+@half_as_float32
 def proportions_backward(
     grad: torch.Tensor,
     points: torch.Tensor,

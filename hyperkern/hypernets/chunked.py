@@ -8,12 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .base import EmbeddingHypernetwork
 from .body import MLPBody, select_embedding
 from .init import hyperfan_head_, init_linear_, seeded_generator, target_variances
-from .target import TargetHolder, unflatten_params
 
 
-class ChunkedHypernetwork(nn.Module):
+class ChunkedHypernetwork(EmbeddingHypernetwork):
     """``[z, c_k] -> MLP -> (chunk_size,)`` for each of ``ceil(p / chunk_size)`` learned chunk
     embeddings ``c_k``; the chunks are concatenated and cut to exactly ``p`` scalars.
 
@@ -42,16 +42,12 @@ class ChunkedHypernetwork(nn.Module):
         gain: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self._target = TargetHolder(target)
+        generator = seeded_generator(seed)
+        super().__init__(target, embedding_dim, num_embeddings, generator)
         self.chunk_size = chunk_size
         self.num_chunks = math.ceil(self._target.num_params / chunk_size)
-        generator = seeded_generator(seed)
-        self.embeddings = nn.Parameter(
-            torch.randn(num_embeddings, embedding_dim, generator=generator)
-        )
         self.chunk_embeddings = nn.Parameter(
             torch.randn(self.num_chunks, chunk_embedding_dim, generator=generator)
         )
@@ -73,14 +69,6 @@ class ChunkedHypernetwork(nn.Module):
                 self.head.weight, self.head.bias, row_variance, row_mean, second_moment, generator
             )
 
-    @property
-    def target(self) -> nn.Module:
-        return self._target.module
-
-    @property
-    def num_target_params(self) -> int:
-        return self._target.num_params
-
     def _chunk_inputs(self, z: torch.Tensor) -> torch.Tensor:
         """``z (e,)`` or ``(b, e)`` -> ``(num_chunks, e + e_c)`` or ``(b, num_chunks, e + e_c)``."""
         chunks = self.chunk_embeddings
@@ -97,15 +85,3 @@ class ChunkedHypernetwork(nn.Module):
         chunks = self.head(self.body(self._chunk_inputs(z)))  # (..., num_chunks, chunk_size)
         flat = chunks.reshape(*chunks.shape[:-2], self.num_chunks * self.chunk_size)
         return flat[..., : self._target.num_params]
-
-    def generate(
-        self, z: torch.Tensor | None = None, task: int | torch.Tensor = 0
-    ) -> dict[str, torch.Tensor]:
-        """Generated target parameters by name."""
-        return unflatten_params(self.generate_flat(z, task), self._target.specs)
-
-    def forward(
-        self, x: torch.Tensor, z: torch.Tensor | None = None, task: int | torch.Tensor = 0
-    ) -> torch.Tensor:
-        """Run the target on ``x`` with the generated weights (per sample for batched ``z``)."""
-        return self._target(self.generate_flat(z, task), x)

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .base import EmbeddingHypernetwork
 from .body import MLPBody, select_embedding
 from .init import hyperfan_head_, init_linear_, seeded_generator, target_variances
-from .target import TargetHolder, unflatten_params
 
 
-class FullHypernetwork(nn.Module):
+class FullHypernetwork(EmbeddingHypernetwork):
     """``z (e,) -> MLP -> head -> (p,)`` with ``p`` exactly the target's parameter count.
 
     Args:
@@ -37,12 +37,8 @@ class FullHypernetwork(nn.Module):
         gain: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self._target = TargetHolder(target)
         generator = seeded_generator(seed)
-        self.embeddings = nn.Parameter(
-            torch.randn(num_embeddings, embedding_dim, generator=generator)
-        )
+        super().__init__(target, embedding_dim, num_embeddings, generator)
         self.body = MLPBody(embedding_dim, hidden_sizes, generator)
         self.head = nn.Linear(self.body.out_features, self._target.num_params)
         if init == "default":
@@ -55,29 +51,8 @@ class FullHypernetwork(nn.Module):
                 self.head.weight, self.head.bias, variance, mean, second_moment, generator
             )
 
-    @property
-    def target(self) -> nn.Module:
-        return self._target.module
-
-    @property
-    def num_target_params(self) -> int:
-        return self._target.num_params
-
     def generate_flat(
         self, z: torch.Tensor | None = None, task: int | torch.Tensor = 0
     ) -> torch.Tensor:
         """Generated target parameters: ``(p,)`` for ``z (e,)``/int task, ``(b, p)`` for batches."""
         return self.head(self.body(select_embedding(self.embeddings, z, task)))
-
-    def generate(
-        self, z: torch.Tensor | None = None, task: int | torch.Tensor = 0
-    ) -> dict[str, torch.Tensor]:
-        """Generated target parameters by name: ``{name: shape}`` or ``{name: (b, *shape)}``."""
-        return unflatten_params(self.generate_flat(z, task), self._target.specs)
-
-    def forward(
-        self, x: torch.Tensor, z: torch.Tensor | None = None, task: int | torch.Tensor = 0
-    ) -> torch.Tensor:
-        """Run the target on ``x`` with generated weights; one weight set per sample when ``z`` is
-        ``(b, e)`` or ``task`` is ``(b,)`` (then ``x`` is ``(b, *in)``)."""
-        return self._target(self.generate_flat(z, task), x)
