@@ -21,7 +21,6 @@ from __future__ import annotations
 from types import ModuleType
 
 import torch
-from torch import Tensor
 from torch._library.custom_ops import CustomOpDef
 
 from hyperkern import reference
@@ -143,22 +142,13 @@ proportions.register_autograd(_proportions_grad, setup_context=_proportions_setu
 # ---- contraction ----------------------------------------------------------------------------
 
 
-@torch.library.custom_op("hyperkern::contract", mutates_args=())
-def contract(
-    rows: Tensor,
-    cols: Tensor,
-    vprime: Tensor,
-    x: Tensor,
-    n_out: int,
-    deterministic: bool,
-    triton: bool,
-) -> Tensor:
-    """``(B, P)`` nonzeros times ``x (b, n_in, c)`` -> ``(b, n_out, c)``."""
-    work = compute_dtype(x.dtype)
-    y = _impl(triton).contract_forward(
-        rows, cols, vprime.to(work), x.to(work), n_out, deterministic
-    )
-    return y.to(x.dtype)
+#: ``(B, P)`` nonzeros times ``x (b, n_in, c)`` -> ``(b, n_out, c)`` (§5).
+contract = _launcher_op(
+    "contract",
+    "(Tensor rows, Tensor cols, Tensor vprime, Tensor x, int n_out, bool deterministic, "
+    "bool triton) -> Tensor",
+    "contract_forward",
+)
 
 
 @contract.register_fake
@@ -166,11 +156,12 @@ def _(rows, cols, vprime, x, n_out, deterministic, triton):
     return x.new_empty(x.shape[0], n_out, x.shape[2])
 
 
-@torch.library.custom_op("hyperkern::contract_dvprime", mutates_args=())
-def contract_dvprime(rows: Tensor, cols: Tensor, x: Tensor, grad_y: Tensor, triton: bool) -> Tensor:
-    """``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)``."""
-    work = compute_dtype(x.dtype)
-    return _impl(triton).contract_dvprime(rows, cols, x.to(work), grad_y.to(work)).to(x.dtype)
+#: ``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)``.
+contract_dvprime = _launcher_op(
+    "contract_dvprime",
+    "(Tensor rows, Tensor cols, Tensor x, Tensor grad_y, bool triton) -> Tensor",
+    "contract_dvprime",
+)
 
 
 @contract_dvprime.register_fake
@@ -207,27 +198,10 @@ def _transforms(means, sigmas, dims, sigma_scale, min_sigma):
     return mu, sigma
 
 
-@torch.library.custom_op("hyperkern::sparse_weight", mutates_args=())
-def sparse_weight(
-    means: Tensor,
-    sigmas: Tensor,
-    values: Tensor,
-    seed: Tensor,
-    dims: list[int],
-    n_out_dims: int,
-    n_local: int,
-    n_global: int,
-    region: list[int],
-    sigma_scale: float,
-    min_sigma: float,
-    context_size: int,
-    chunk_size: int,
-    cantor: bool,
-    triton: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Raw ``means (B, k, r)``, ``sigmas (B, k)``, ``values (B, k)`` -> ``rows``, ``cols``,
-    ``v'`` ``(B, P)`` and, for the backward, ``points (B, k, S, r)``, ``duplicates (B, k, S)``,
-    ``lognorm (B, k)``."""
+def _sparse_weight(
+    means, sigmas, values, seed, dims, n_out_dims, n_local, n_global, region, sigma_scale,
+    min_sigma, context_size, chunk_size, cantor, triton,
+):  # fmt: skip
     impl = _impl(triton)
     dtype = means.dtype
     means, sigmas, values = (t.to(compute_dtype(dtype)) for t in (means, sigmas, values))
@@ -241,6 +215,20 @@ def sparse_weight(
     )
     vprime = vprime.flatten(1).to(dtype)
     return rows.flatten(1), cols.flatten(1), vprime, points, duplicates, lognorm
+
+
+#: Raw ``means (B, k, r)``, ``sigmas (B, k)``, ``values (B, k)`` -> ``rows``, ``cols``, ``v'``
+#: ``(B, P)`` and, for the backward, ``points (B, k, S, r)``, ``duplicates (B, k, S)``,
+#: ``lognorm (B, k)``: the transforms, ``sample``, ``duplicate_mask`` and ``proportions``.
+sparse_weight = torch.library.custom_op(
+    "hyperkern::sparse_weight",
+    _sparse_weight,
+    mutates_args=(),
+    schema="(Tensor means, Tensor sigmas, Tensor values, Tensor seed, int[] dims, int n_out_dims, "
+    "int n_local, int n_global, int[] region, float sigma_scale, float min_sigma, "
+    "int context_size, int chunk_size, bool cantor, bool triton) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+)
 
 
 @sparse_weight.register_fake
@@ -257,23 +245,10 @@ def _(means, sigmas, values, seed, dims, n_out_dims, n_local, n_global, region, 
     )
 
 
-@torch.library.custom_op("hyperkern::sparse_weight_backward", mutates_args=())
-def sparse_weight_backward(
-    grad_vprime: Tensor,
-    means: Tensor,
-    sigmas: Tensor,
-    values: Tensor,
-    points: Tensor,
-    duplicates: Tensor,
-    lognorm: Tensor,
-    dims: list[int],
-    sigma_scale: float,
-    min_sigma: float,
-    context_size: int,
-    triton: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dmeans (B, k, r), dsigmas (B, k), dvalues (B, k))`` from ``dv' (B, P)``: the
-    proportions backward, then the chain rule through the two transforms."""
+def _sparse_weight_backward(
+    grad_vprime, means, sigmas, values, points, duplicates, lognorm, dims, sigma_scale, min_sigma,
+    context_size, triton,
+):  # fmt: skip
     dtype = means.dtype
     means, sigmas, values = (t.to(compute_dtype(dtype)) for t in (means, sigmas, values))
     mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma)
@@ -289,6 +264,18 @@ def sparse_weight_backward(
     dsigma = torch.where(sigma > VARIANCE_FLOOR, dsigma, 0.0)  # no gradient below the floor
     dsigmas = (dsigma * scale).sum(-1) * torch.sigmoid(sigmas + 2)
     return dmeans.to(dtype), dsigmas.to(dtype), dvalues.to(dtype)
+
+
+#: ``(dmeans (B, k, r), dsigmas (B, k), dvalues (B, k))`` from ``dv' (B, P)``: the
+#: proportions backward, then the chain rule through the two transforms.
+sparse_weight_backward = torch.library.custom_op(
+    "hyperkern::sparse_weight_backward",
+    _sparse_weight_backward,
+    mutates_args=(),
+    schema="(Tensor grad_vprime, Tensor means, Tensor sigmas, Tensor values, Tensor points, "
+    "Tensor duplicates, Tensor lognorm, int[] dims, float sigma_scale, float min_sigma, "
+    "int context_size, bool triton) -> (Tensor, Tensor, Tensor)",
+)
 
 
 @sparse_weight_backward.register_fake

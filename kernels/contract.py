@@ -200,25 +200,37 @@ def _unfold_batch(t: Tensor, b: int, c: int) -> Tensor:
     return t.reshape(t.shape[1], b, c).permute(1, 0, 2).contiguous()
 
 
-def _segment_reduce(
-    dst_idx: Tensor,
-    src_idx: Tensor,
-    vals: Tensor,
-    src: Tensor,
-    n_dst: int,
+def _reduce(
+    dst_idx: Tensor, src_idx: Tensor, vals: Tensor, src: Tensor, n_dst: int, deterministic: bool
 ) -> Tensor:
-    """``dst[i, d] = sum_{j: dst_idx[j] = d} vals[j] src[i, src_idx[j]]`` without atomics.
-
-    ``dst_idx``/``src_idx``/``vals`` ``(B, P)``, ``src (b, n_src, c)`` -> ``(b, n_dst, c)``.
-    """
+    """``dst[i, d] = sum_{j: dst_idx[j] = d} vals[j] src[i, src_idx[j]]``: ``dst_idx``,
+    ``src_idx``, ``vals`` ``(B, P)``, ``src (b, n_src, c)`` -> ``(b, n_dst, c)``. Segment-reduced
+    in a fixed order (``deterministic``) or by atomic adds."""
     n_w, P = dst_idx.shape
     b, n_src, c = src.shape
-    n_segments = n_w * n_dst
-    if n_segments == 0 or b * c == 0 or P == 0:
+    if n_w * n_dst == 0 or b * c == 0 or P == 0:
         return torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
     src = _fold_batch(n_w, src)
     nq = src.shape[2]  # dense columns per instance (the batch folded in for a shared W)
-    dst = torch.zeros(src.shape[0], n_dst, src.shape[2], dtype=src.dtype, device=src.device)
+    dst = torch.zeros(src.shape[0], n_dst, nq, dtype=src.dtype, device=src.device)
+    if deterministic:
+        _segment_reduce(dst_idx, src_idx, vals, src, dst)
+    else:
+
+        def grid(meta):
+            n_p, n_q = triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(nq, meta["BLOCK_Q"])
+            return (_check_grid(n_w * n_p * n_q),)
+
+        keys = _bucket(P), _bucket(n_dst), _bucket(nq)
+        _scatter[nq <= 4][grid](dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq, *keys)
+    return _unfold_batch(dst, b, c)
+
+
+def _segment_reduce(dst_idx: Tensor, src_idx: Tensor, vals: Tensor, src: Tensor, dst: Tensor):
+    """Sort the nonzeros by ``instance * n_dst + dst_idx`` (stable), CSR offsets, then one
+    :func:`_segment_kernel` program per (segment, column block) writes ``dst``."""
+    n_w, n_dst, nq = dst_idx.shape[0], dst.shape[1], dst.shape[2]
+    n_segments = n_w * n_dst
     instance = torch.arange(n_w, device=dst_idx.device).unsqueeze(1)
     in_range = (dst_idx >= 0) & (dst_idx < n_dst)
     seg_key = torch.where(in_range, instance * n_dst + dst_idx, n_segments).flatten()
@@ -228,39 +240,11 @@ def _segment_reduce(
     offsets = torch.searchsorted(sorted_key, bounds)
     sorted_src_idx = src_idx.flatten()[order]
     sorted_vals = vals.flatten()[order]
-
     tiles = _pinned(nq)
-    n_q = triton.cdiv(nq, tiles["BLOCK_Q"])
-    _check_grid(n_segments * n_q)
-    _segment_kernel[(n_segments * n_q,)](
-        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, n_src, nq, **tiles
+    n_programs = _check_grid(n_segments * triton.cdiv(nq, tiles["BLOCK_Q"]))
+    _segment_kernel[(n_programs,)](
+        offsets, sorted_src_idx, sorted_vals, src, dst, n_dst, src.shape[1], nq, **tiles
     )
-    return _unfold_batch(dst, b, c)
-
-
-def _scatter_add(
-    dst_idx: Tensor,
-    src_idx: Tensor,
-    vals: Tensor,
-    src: Tensor,
-    n_dst: int,
-) -> Tensor:
-    """Same result as :func:`_segment_reduce` by atomic adds (order not fixed)."""
-    n_w, P = dst_idx.shape
-    b, n_src, c = src.shape
-    if n_w * n_dst == 0 or b * c == 0 or P == 0:
-        return torch.zeros(b, n_dst, c, dtype=src.dtype, device=src.device)
-    src = _fold_batch(n_w, src)
-    nq = src.shape[2]  # dense columns per instance (the batch folded in for a shared W)
-    dst = torch.zeros(src.shape[0], n_dst, src.shape[2], dtype=src.dtype, device=src.device)
-
-    def grid(meta):
-        n_p, n_q = triton.cdiv(P, meta["BLOCK_P"]), triton.cdiv(nq, meta["BLOCK_Q"])
-        return (_check_grid(n_w * n_p * n_q),)
-
-    keys = _bucket(P), _bucket(n_dst), _bucket(nq)
-    _scatter[nq <= 4][grid](dst_idx, src_idx, vals, src, dst, P, n_dst, n_src, nq, *keys)
-    return _unfold_batch(dst, b, c)
 
 
 @half_as_float32
@@ -270,9 +254,8 @@ def contract_forward(
     """``y[b, row_j, :] += vprime[j] x[b, col_j, :]``: ``(B, P)`` nonzeros, ``x (b, n_in, c)``
     -> ``(b, n_out, c)``; segment-reduced (``deterministic``) or by atomic adds."""
     rows, cols, vprime, x = guard(rows, cols, vprime.to(x.dtype), x)
-    reduce = _segment_reduce if deterministic else _scatter_add
     with on_device(x):
-        return reduce(rows, cols, vprime, x, n_out)
+        return _reduce(rows, cols, vprime, x, n_out, deterministic)
 
 
 @half_as_float32
