@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from hyperkern import reference as ref
+from tests.grid import INTERPRETING
 
 
 def random_problem(
@@ -33,7 +32,6 @@ def random_problem(
     return points, mu, sigma, values, dup
 
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
 #: both backends on CPU tensors: Triton runs there only under its interpreter
 BACKENDS = [
     "torch",

@@ -19,19 +19,33 @@ def load_report():
 
 
 def fake_bench(op, sweep, x, impl, median, peak, fraction=None):
-    extra = {"op": op, "sweep": sweep, "x": x, "impl": impl, "peak_mem_bytes": peak,
-             "dims": [x, x]}  # fmt: skip
+    extra = {"op": op, "sweep": sweep, "x": x, "impl": impl, "peak_mem_bytes": peak, "dims": [x, x]}
     if fraction is not None:
         extra["bw_fraction"] = fraction
-    stats = {"min": median * 0.5, "median": median, "mean": median, "stddev": 0.0,
-             "max": median * 1.1, "rounds": 3}  # fmt: skip
-    return {"name": f"test_{op}[{sweep}={x}-{impl}]", "group": f"{op} / {sweep}",
-            "stats": stats, "extra_info": extra}  # fmt: skip
+    stats = {
+        "min": median * 0.5,
+        "median": median,
+        "mean": median,
+        "stddev": 0.0,
+        "max": median * 1.1,
+        "rounds": 3,
+    }
+    return {
+        "name": f"test_{op}[{sweep}={x}-{impl}]",
+        "group": f"{op} / {sweep}",
+        "stats": stats,
+        "extra_info": extra,
+    }
 
 
 def write_json(path, benchmarks):
-    machine = {"hk_scale": "tiny", "torch_version": "x", "triton_version": "y",
-               "bandwidth_gbps": 12.5, "mem_method": "rss_hwm"}  # fmt: skip
+    machine = {
+        "hk_scale": "tiny",
+        "torch_version": "x",
+        "triton_version": "y",
+        "bandwidth_gbps": 12.5,
+        "mem_method": "rss_hwm",
+    }
     data = {"machine_info": machine, "datetime": "2026-01-01T00:00:00", "benchmarks": benchmarks}
     path.write_text(json.dumps(data))
 

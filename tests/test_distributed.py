@@ -168,14 +168,18 @@ def ddp_job(rank: int) -> dict[str, object]:
         out_folded = model(probe, generator=fold_seed(7, rank))
         out_shared = model(probe, generator=7)
     result = dict(
-        init_local=init_local, init=init, final=snapshot(model),
-        loss_before=loss_before, loss_after=sampled_loss(model),
+        init_local=init_local,
+        init=init,
+        final=snapshot(model),
+        loss_before=loss_before,
+        loss_after=sampled_loss(model),
         missing_grads=sorted(missing_grads),
         tuples_folded=sample_tuples(mu, dims, 2, 2, generator=fold_seed(7, rank), backend="torch"),
         tuples_shared=sample_tuples(mu, dims, 2, 2, generator=7, backend="torch"),
-        out_folded=out_folded, out_shared=out_shared,
+        out_folded=out_folded,
+        out_shared=out_shared,
         reference=reference_training(init) if rank == 0 else {},
-    )  # fmt: skip
+    )
     result.update(eval_mode_ddp(rank))
     return result
 
@@ -289,9 +293,12 @@ def fsdp_job(rank: int) -> dict[str, object]:
         losses.append(loss.item())
     final = {n: p.detach().full_tensor() for n, p in model.named_parameters()}
     return dict(
-        init=init, local_shapes=local_shapes, losses=losses, final=final,
+        init=init,
+        local_shapes=local_shapes,
+        losses=losses,
+        final=final,
         reference=reference_training(init) if rank == 0 else {},
-    )  # fmt: skip
+    )
 
 
 def test_fsdp2_trains_sparse_linear(tmp_path):
@@ -325,9 +332,14 @@ def test_ddp_example_runs_under_torchrun():
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
         start_new_session=True,  # its own process group: a timeout ends the workers too
-    )  # fmt: skip
+    )
     try:
         stdout, stderr = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:

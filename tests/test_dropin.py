@@ -62,9 +62,16 @@ def test_every_sample_in_bounds_and_mass_kept_at_the_upper_bound(backend, dtype,
     x = torch.ones(1, size, dtype=dtype)
     means = torch.tensor([[0.0, 40.0]], dtype=dtype)  # sigmoid(40) == 1: mu = size - 1
     y = sparse_layer(
-        x, means, torch.tensor([-30.0], dtype=dtype), torch.tensor([1.0], dtype=dtype), (1,),
-        generator=0, backend=backend, n_local=3, n_global=3,
-    )  # fmt: skip
+        x,
+        means,
+        torch.tensor([-30.0], dtype=dtype),
+        torch.tensor([1.0], dtype=dtype),
+        (1,),
+        generator=0,
+        backend=backend,
+        n_local=3,
+        n_global=3,
+    )
     assert y.shape == (1, 1)
     assert float(y.float().sum()) == pytest.approx(1.0, rel=1e-2)
     mu = torch.tensor([[[size - 1.0, 0.0]]])

@@ -11,8 +11,9 @@ CANVAS = 24
 
 def _net(glimpses=2, size=3, **kw) -> GlimpseNet:
     torch.manual_seed(0)
-    return GlimpseNet(glimpses, size, canvas=CANVAS, n_local=3, n_global=2, region=(5, 5),
-                      width=0.125, **kw)  # fmt: skip
+    return GlimpseNet(
+        glimpses, size, canvas=CANVAS, n_local=3, n_global=2, region=(5, 5), width=0.125, **kw
+    )
 
 
 def _fixed_boxes(net: GlimpseNet, boxes: torch.Tensor) -> None:

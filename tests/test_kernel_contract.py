@@ -13,6 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyperkern import library, ops
+from tests.grid import (
+    CONTIGUITY,
+    CONTIGUOUS,
+    DEVICE,
+    DEVICES,
+    DTYPES,
+    HAS_CUDA,
+    SIZES_WITH_EMPTY,
+    assert_close,
+    grid,
+    make_layout,
+)
 
 
 def contract(rows, cols, vprime, x, n_out, deterministic=True):
@@ -20,20 +32,17 @@ def contract(rows, cols, vprime, x, n_out, deterministic=True):
     return ops.contract(rows, cols, vprime, x, n_out, backend="triton", deterministic=deterministic)
 
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-TOL = {torch.float64: {"rtol": 1e-12, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
-
-
-def _inputs(B, b, P, n_in, n_out, c, dtype, seed, device=DEVICE):
-    """Random ``rows/cols (B, P)``, ``vprime (B, P)``, ``x (b, n_in[, c])``, both requiring grad."""
+def _inputs(B, b, P, n_in, n_out, c, dtype, seed, device=DEVICE, contiguous=True):
+    """Random ``rows/cols (B, P)``, ``vprime (B, P)``, ``x (b, n_in[, c])``, both requiring grad;
+    all four in a strided layout unless ``contiguous``."""
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, n_out, (B, P), generator=g)
     cols = torch.randint(0, n_in, (B, P), generator=g)
     vprime = torch.randn(B, P, generator=g, dtype=dtype)
     x = torch.randn((b, n_in) if c is None else (b, n_in, c), generator=g, dtype=dtype)
-    vprime, x = (t.to(device).requires_grad_() for t in (vprime, x))
-    return rows.to(device), cols.to(device), vprime, x
+    rows, cols = (make_layout(t.to(device), contiguous) for t in (rows, cols))
+    vprime, x = (make_layout(t.to(device).requires_grad_(), contiguous) for t in (vprime, x))
+    return rows, cols, vprime, x
 
 
 def _check_against_reference(rows, cols, vprime, x, n_out, seed=0, deterministic=True):
@@ -41,15 +50,14 @@ def _check_against_reference(rows, cols, vprime, x, n_out, seed=0, deterministic
     y = contract(rows, cols, vprime, x, n_out, deterministic=deterministic)
     y_ref = reference_contract(rows, cols, vprime, x, n_out)
     assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
-    tol = TOL[y_ref.dtype]
-    torch.testing.assert_close(y, y_ref, **tol)
-    grad_y = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(seed + 1),
-                         dtype=y_ref.dtype).to(y_ref.device)  # fmt: skip
+    assert_close(y, y_ref, msg="y")
+    g = torch.Generator().manual_seed(seed + 1)
+    grad_y = torch.randn(y_ref.shape, generator=g, dtype=y_ref.dtype).to(y_ref.device)
     grads = torch.autograd.grad(y, (vprime, x), grad_y)
     grads_ref = torch.autograd.grad(y_ref, (vprime, x), grad_y)
-    for got, want in zip(grads, grads_ref, strict=True):
-        assert got.shape == want.shape and got.dtype == want.dtype
-        torch.testing.assert_close(got, want, **TOL[got.dtype])
+    for name, got, want in zip(("dvprime", "dx"), grads, grads_ref, strict=True):
+        assert got.dtype == want.dtype, name
+        assert_close(got, want, msg=name)
 
 
 # (B, b, P, n_in, n_out, c): per instance (B == b) and shared (B == 1, b == 4); primes and 1.
@@ -68,21 +76,28 @@ CASES = [
 ]
 
 
-# float64 on every case, float32 on a few (the interpreter is slow).
-PARAMS = [(case, torch.float64) for case in CASES] + [
-    (case, torch.float32) for case in CASES[:2] + CASES[6:8]
-]
+# Contiguous float64 on every case, every dtype and layout on a few (the interpreter is slow).
+CASE_IDS = [pytest.param(c, id="B{}-b{}-P{}-in{}-out{}-c{}".format(*c)) for c in CASES]
+FEW = CASE_IDS[:2] + CASE_IDS[6:8]
 
 
-@pytest.mark.parametrize(
-    ("case", "dtype"),
-    PARAMS,
-    ids=["B{}-b{}-P{}-in{}-out{}-c{}".format(*c) + f"-{str(d)[6:]}" for c, d in PARAMS],
+@grid(
+    {"case": CASE_IDS, "dtype": [torch.float64], "contiguous": CONTIGUOUS},
+    {"case": FEW, "dtype": DTYPES, "contiguous": CONTIGUITY},
+    device=DEVICES,
 )
-def test_matches_reference(case, dtype):
+def test_matches_reference(case, dtype, contiguous, device):
     B, b, P, n_in, n_out, c = case
-    rows, cols, vprime, x = _inputs(B, b, P, n_in, n_out, c, dtype, seed=P + 31 * n_in)
+    args = B, b, P, n_in, n_out, c, dtype, P + 31 * n_in, device, contiguous
+    rows, cols, vprime, x = _inputs(*args)
     _check_against_reference(rows, cols, vprime, x, n_out, seed=B + P)
+
+
+@grid(P=SIZES_WITH_EMPTY, shared=[False, True])
+def test_awkward_nonzero_counts_strided(P, shared):
+    B, b = (1, 2) if shared else (2, 2)
+    rows, cols, vprime, x = _inputs(B, b, P, 6, 3, 2, torch.float64, P, contiguous=False)
+    _check_against_reference(rows, cols, vprime, x, 3, seed=P)
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -101,7 +116,7 @@ def test_repeated_pairs_add_up(shared):
     y = contract(rows, cols, vprime, x, 3)
     expected = torch.zeros(b, 3, dtype=torch.float64, device=DEVICE)
     expected[:, 2] = vprime.detach().sum(1) * x.detach()[:, 4]
-    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    assert_close(y, expected)
     _check_against_reference(rows, cols, vprime, x, 3)
 
 
@@ -116,7 +131,7 @@ def test_out_of_range_rows_and_empty_outputs():
     keep = torch.ones_like(vprime, dtype=torch.bool)
     keep[:, 0] = False
     expected = reference_contract(rows, cols, vprime * keep, x, 4)
-    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    assert_close(y, expected)
 
 
 def test_mixed_dtypes_promote_like_reference():
@@ -155,7 +170,7 @@ def test_compiles_without_graph_breaks():
     got = torch.autograd.grad(compiled(rows, cols, vprime, x), (vprime, x))
     want = torch.autograd.grad(loss(rows, cols, vprime, x), (vprime, x))
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+        assert_close(g, w)
 
 
 def _bad(**change):
@@ -196,16 +211,19 @@ def test_bad_inputs_raise_naming_the_argument(change, error, name):
     n_out=st.integers(1, 4),
     c=st.sampled_from([None, 1, 2]),
     seed=st.integers(0, 2**16),
+    contiguous=st.booleans(),
 )
-def test_random_shapes_match_reference(shared, b, P, n_in, n_out, c, seed):
+def test_random_shapes_match_reference(shared, b, P, n_in, n_out, c, seed, contiguous):
     B = 1 if shared else b
-    rows, cols, vprime, x = _inputs(B, b, P, n_in, n_out, c, torch.float64, seed)
+    rows, cols, vprime, x = _inputs(
+        B, b, P, n_in, n_out, c, torch.float64, seed, DEVICE, contiguous
+    )
     _check_against_reference(rows, cols, vprime, x, n_out, seed=seed)
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (the interpreter covers CPU above)")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (the interpreter covers CPU above)")
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shared", [False, True])
 def test_cuda_larger_sizes_both_variants(dtype, shared):
     B, b = (1, 16) if shared else (16, 16)

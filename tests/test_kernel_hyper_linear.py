@@ -1,52 +1,65 @@
 """Fused per-sample linear head (kernels/hyper_linear.py) against the plain-torch reference.
 
 On a machine without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1,
-set before triton is imported); with CUDA the same tests run on the GPU.
+set by tests/conftest.py before triton is imported); with CUDA the same tests run on the GPU.
 """
 
 from __future__ import annotations
 
-import os
-
+import pytest
 import torch
+from hyperkern.kernels.hyper_linear import hyper_linear
+from hyperkern.reference.hyper_linear import hyper_linear as reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from hyperkern.hypernets import PerSampleMLPHypernetwork
+from tests.grid import (
+    CONTIGUITY,
+    CONTIGUOUS,
+    DEVICE,
+    DEVICES,
+    DTYPES,
+    HAS_CUDA,
+    SIZES_WITH_EMPTY,
+    assert_close,
+    grid,
+    magnitude,
+    make_layout,
+)
 
-import pytest  # noqa: E402
-from hyperkern.kernels.hyper_linear import hyper_linear  # noqa: E402
-from hyperkern.reference.hyper_linear import hyper_linear as reference  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
-from hyperkern.hypernets import PerSampleMLPHypernetwork  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-4)}
-
-
-def make_inputs(batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE):
+def make_inputs(batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE, contiguous=True):
+    """x (batch, in), e (batch, e_dim), weight (out * in, e_dim), bias (out * in,) requiring
+    grad; in a strided layout unless ``contiguous``."""
     g = torch.Generator().manual_seed(seed)
     shapes = [(batch, in_f), (batch, e_dim), (out_f * in_f, e_dim), (out_f * in_f,)]
     return [
-        torch.randn(s, dtype=dtype, generator=g).to(device).requires_grad_(True) for s in shapes
+        make_layout(
+            torch.randn(s, dtype=dtype, generator=g).to(device), contiguous
+        ).requires_grad_()
+        for s in shapes
     ]
 
 
 def _assert_close(got, want, want32, dtype, name):
-    """float64: elementwise. float32: the kernel's error (norm-wise, against the float64
-    reference) is at most a few times that of torch's own float32 reference, since long
-    reductions (in * e_dim terms) make elementwise tolerances meaningless near zero."""
+    """float64: elementwise. float32: elementwise with atol relative to the largest value, and
+    the kernel's error (norm-wise, against the float64 reference) is at most a few times that
+    of torch's own float32 reference, since long reductions (in * e_dim terms) make
+    elementwise tolerances meaningless near zero."""
     if dtype == torch.float64:
-        torch.testing.assert_close(got.double(), want, **TOL[dtype], msg=name)
+        assert_close(got, want, msg=name)
         return
+    assert_close(got, want, scale=magnitude(want), msg=name)
     err = (got.double() - want).norm().item()
     baseline = (want32.double() - want).norm().item()
     assert err <= 4 * baseline + 1e-5 * want.norm().item(), (name, err, baseline)
 
 
-def check_against_reference(batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE):
-    args = make_inputs(batch, in_f, out_f, e_dim, dtype, seed, device)
+def check_against_reference(
+    batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE, contiguous=True
+):
+    args = make_inputs(batch, in_f, out_f, e_dim, dtype, seed, device, contiguous)
     ref_args = [a.detach().double().requires_grad_(True) for a in args]
     ref32_args = [a.detach().clone().requires_grad_(True) for a in args]
     y = hyper_linear(*args)
@@ -70,14 +83,19 @@ SHAPES_64 = [(1, 1, 1, 1), (0, 3, 2, 2), (2, 3, 5, 7), (13, 11, 7, 5), (17, 6, 1
 SHAPES_32 = [(1, 1, 1, 1), (0, 3, 2, 2), (13, 11, 7, 5)]
 
 
-@pytest.mark.parametrize("shape", SHAPES_64)
-def test_matches_reference_float64(shape):
-    check_against_reference(*shape, torch.float64)
+# Contiguous float64 on every shape, both dtypes and layouts on the float32 shapes.
+@grid(
+    {"shape": SHAPES_64, "dtype": [torch.float64], "contiguous": CONTIGUOUS},
+    {"shape": SHAPES_32, "dtype": DTYPES, "contiguous": CONTIGUITY},
+    device=DEVICES,
+)
+def test_matches_reference(shape, dtype, contiguous, device):
+    check_against_reference(*shape, dtype, device=device, contiguous=contiguous)
 
 
-@pytest.mark.parametrize("shape", SHAPES_32)
-def test_matches_reference_float32(shape):
-    check_against_reference(*shape, torch.float32)
+@grid(batch=SIZES_WITH_EMPTY)
+def test_awkward_batch_sizes_strided(batch):
+    check_against_reference(batch, 3, 2, 2, torch.float64, seed=batch, contiguous=False)
 
 
 @settings(max_examples=5, deadline=None, derandomize=True)
@@ -100,12 +118,12 @@ def test_gradcheck_float64():
 def test_non_contiguous_inputs_and_partial_grads():
     x, e, a, c = make_inputs(6, 5, 4, 3, torch.float64, seed=2)
     xt = x.detach().t().contiguous().t()  # same values, transposed strides
-    weight_t = a.detach().t().contiguous().t().requires_grad_(True)
+    weight_t = make_layout(a.detach(), contiguous=False).requires_grad_(True)
     y = hyper_linear(xt, e, weight_t, c)
-    torch.testing.assert_close(y, reference(x, e, a, c), **TOL[torch.float64])
+    assert_close(y, reference(x, e, a, c))
     (de,) = torch.autograd.grad(y.sum(), [e])
     (de_ref,) = torch.autograd.grad(reference(x, e, a, c).sum(), [e])
-    torch.testing.assert_close(de, de_ref, **TOL[torch.float64])
+    assert_close(de, de_ref)
 
 
 def test_per_sample_mlp_fused_path_equals_bmm():
@@ -118,9 +136,9 @@ def test_per_sample_mlp_fused_path_equals_bmm():
         out = hyper(x, e, backend=path)
         grads = torch.autograd.grad(out.pow(2).sum(), [e, *hyper.parameters()])
         results.append((out, grads))
-    torch.testing.assert_close(results[1][0], results[0][0], **TOL[torch.float64])
+    assert_close(results[1][0], results[0][0])
     for got, want in zip(results[1][1], results[0][1], strict=True):
-        torch.testing.assert_close(got, want, **TOL[torch.float64])
+        assert_close(got, want)
 
 
 @pytest.mark.parametrize(
@@ -144,14 +162,16 @@ def test_rejects_bad_input(mutate, error, match):
         reference(*mutate(args))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (257, 129, 67, 13), (1024, 256, 128, 32)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_matches_reference(shape, dtype):
     check_against_reference(*shape, dtype, device="cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
 def test_cuda_rejects_mixed_devices():
     x, e, a, c = [t.detach() for t in make_inputs(3, 4, 2, 3, torch.float32, device="cuda")]
     with pytest.raises(ValueError, match="e is on cpu"):

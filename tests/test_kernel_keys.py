@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyperkern import library, ops
+from tests.grid import CONTIGUITY, DEVICE, DEVICES, HAS_CUDA, SIZES_WITH_EMPTY, grid, make_layout
 
 
 def cantor_keys(points):
@@ -29,15 +30,12 @@ def duplicate_mask(points, dims, context_size=None, key_kind="auto"):
     return ops.duplicate_mask(points, dims, context_size, key_kind, backend="triton")
 
 
-CUDA = torch.cuda.is_available()
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-
-
-def _points(B, k, S, dims, seed, device=DEVICE):
-    """``(B, k, S, r)`` int64 tuples uniform over ``dims`` (small dims give many repeats)."""
+def _points(B, k, S, dims, seed, device=DEVICE, contiguous=True):
+    """``(B, k, S, r)`` int64 tuples uniform over ``dims`` (small dims give many repeats), in a
+    strided layout unless ``contiguous``."""
     g = torch.Generator().manual_seed(seed)
     cols = [torch.randint(0, d, (B, k, S), generator=g) for d in dims]
-    return torch.stack(cols, -1).to(device)
+    return make_layout(torch.stack(cols, -1).to(device), contiguous)
 
 
 def _exact_cantor(t: tuple[int, ...]) -> int:
@@ -47,9 +45,9 @@ def _exact_cantor(t: tuple[int, ...]) -> int:
     return code
 
 
-@pytest.mark.parametrize("dims", [(1,), (7,), (5, 3), (13, 2, 7), (3, 3, 3, 3, 3)])
-def test_keys_match_reference(dims):
-    points = _points(2, 5, 7, dims, seed=len(dims))
+@grid(dims=[(1,), (7,), (5, 3), (13, 2, 7), (3, 3, 3, 3, 3)], contiguous=CONTIGUITY)
+def test_keys_match_reference(dims, contiguous):
+    points = _points(2, 5, 7, dims, seed=len(dims), contiguous=contiguous)
     assert torch.equal(cantor_keys(points), ref.cantor_keys(points))
     assert torch.equal(linear_keys(points, dims), ref.linear_keys(points, dims))
 
@@ -74,15 +72,26 @@ CASES = [  # (B, k, S, dims, context_size)
 ]
 
 
-@pytest.mark.parametrize("kind", ["auto", "cantor", "linear"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-k{}-S{}-{}-cs{}".format(*c))
-def test_duplicate_mask_matches_reference(case, kind):
+@grid(
+    case=[pytest.param(c, id="B{}-k{}-S{}-{}-cs{}".format(*c)) for c in CASES],
+    kind=["auto", "cantor", "linear"],
+    device=DEVICES,
+)
+def test_duplicate_mask_matches_reference(case, kind, device):
     B, k, S, dims, context_size = case
-    points = _points(B, k, S, dims, seed=B * k * S)
+    points = _points(B, k, S, dims, seed=B * k * S, device=device)
     got = duplicate_mask(points, dims, context_size, kind)
     want = ref.duplicate_mask(points, dims, context_size, kind)
     assert got.dtype == torch.bool and got.shape == (B, k, S)
     assert torch.equal(got, want)
+
+
+@grid(S=SIZES_WITH_EMPTY, context_size=[None, 2])
+def test_awkward_context_lengths_strided(S, context_size):
+    points = _points(2, 3, S, (3, 2), seed=S, contiguous=False)
+    got = duplicate_mask(points, (3, 2), context_size)
+    assert got.shape == (2, 3, S)
+    assert torch.equal(got, ref.duplicate_mask(points, (3, 2), context_size))
 
 
 def test_cantor_and_linear_keys_mask_the_same_tuples():
@@ -155,8 +164,9 @@ def test_opcheck_custom_ops():
 
 def test_compiles_without_graph_breaks():
     points = _points(2, 3, 4, (3, 2), seed=5)
-    compiled = torch.compile(lambda p: duplicate_mask(p, (3, 2), 2), fullgraph=True,
-                             backend="aot_eager")  # fmt: skip
+    compiled = torch.compile(
+        lambda p: duplicate_mask(p, (3, 2), 2), fullgraph=True, backend="aot_eager"
+    )
     assert torch.equal(compiled(points), ref.duplicate_mask(points, (3, 2), 2))
 
 
@@ -169,15 +179,16 @@ def test_compiles_without_graph_breaks():
     context_size=st.one_of(st.none(), st.integers(1, 7)),
     kind=st.sampled_from(["auto", "cantor", "linear"]),
     seed=st.integers(0, 2**16),
+    contiguous=st.booleans(),
 )
-def test_random_shapes_match_reference(B, k, S, dims, context_size, kind, seed):
-    points = _points(B, k, S, dims, seed)
+def test_random_shapes_match_reference(B, k, S, dims, context_size, kind, seed, contiguous):
+    points = _points(B, k, S, dims, seed, contiguous=contiguous)
     got = duplicate_mask(points, dims, context_size, kind)
     assert torch.equal(got, ref.duplicate_mask(points, dims, context_size, kind))
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device (the interpreter covers CPU above)")
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (the interpreter covers CPU above)")
 @pytest.mark.parametrize("context_size", [None, 7])
 def test_cuda_larger_sizes(context_size):
     dims = (31, 17, 5)

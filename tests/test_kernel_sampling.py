@@ -3,21 +3,14 @@ flat indices from the same seed; the counter-based stream itself is checked agai
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from hyperkern import library, ops
 from hyperkern import reference as ref
 from hyperkern._shared import default_region
-
-INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
-DEVICE = "cuda" if CUDA else "cpu"
-pytestmark = pytest.mark.skipif(
-    not (INTERPRETING or CUDA), reason="the kernel needs CUDA or TRITON_INTERPRET=1"
-)
+from tests.grid import CONTIGUOUS, DEVICES, DTYPES, STRIDED, grid, make_layout
+from tests.helpers import BACKENDS
 
 # (B, k, dims, n_out_dims, n_local, n_global): awkward sizes, rank 1..4, empty, huge columns
 CASES = [
@@ -31,9 +24,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_sampler_equals_reference(case, dtype):
+CASE_IDS = [pytest.param(c, id=str(c).replace(" ", "")) for c in CASES]
+
+
+# strided where that is a layout (two or more means) and cheap (not the rank-3 case)
+@grid(
+    {"case": CASE_IDS, "dtype": DTYPES, "contiguous": CONTIGUOUS},
+    {"case": [CASE_IDS[i] for i in (1, 3, 4)], "dtype": DTYPES, "contiguous": STRIDED},
+    device=DEVICES,
+)
+def test_sampler_equals_reference(case, dtype, contiguous, device):
     B, k, dims, m, n_local, n_global = case
     upper = torch.tensor([d - 1 for d in dims], dtype=torch.float64)
     mu = torch.rand(
@@ -44,8 +44,9 @@ def test_sampler_equals_reference(case, dtype):
         mu[0, 0] = upper.to(dtype)  # a mean on the upper bound (rounds up in float32 at 2**30)
     seed = torch.tensor(2**40 + 17)
     args = ([*dims], m, n_local, n_global, list(default_region(dims)))
+    mu_kernel = make_layout(mu.to(device), contiguous)
     for cantor in (True, False):
-        got = library.sample(mu.to(DEVICE), seed.to(DEVICE), *args, cantor, True)
+        got = library.sample(mu_kernel, seed.to(device), *args, cantor, True)
         want = library.sample(mu, seed, *args, cantor, False)
         for g, w in zip(got, want, strict=True):
             assert torch.equal(g.cpu(), w)
@@ -66,7 +67,7 @@ def test_stream_is_uniform_enough():
     assert chi2 < 50  # 15 degrees of freedom: p < 1e-5 beyond this
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ops_sample_tuples_same_seed_same_tuples_on_both_backends(backend):
     mu = torch.rand(2, 3, 2, dtype=torch.float64) * 8
     a = ops.sample_tuples(mu, (9, 9), 2, 2, generator=3, backend=backend)

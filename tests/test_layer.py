@@ -25,9 +25,12 @@ def test_gradcheck_whole_layer_means_sigmas_values_x():
         return sparse_layer(x, m, s, v, (3,), n_local=2, n_global=2, generator=11)
 
     assert torch.autograd.gradcheck(layer, (x, means, sigmas, values))
-    per_instance = (x, means.detach().expand(3, 4, 2).clone().requires_grad_(),
-                    sigmas.detach().expand(3, 4).clone().requires_grad_(),
-                    values.detach().expand(3, 4).clone().requires_grad_())  # fmt: skip
+    per_instance = (
+        x,
+        means.detach().expand(3, 4, 2).clone().requires_grad_(),
+        sigmas.detach().expand(3, 4).clone().requires_grad_(),
+        values.detach().expand(3, 4).clone().requires_grad_(),
+    )
     assert torch.autograd.gradcheck(layer, per_instance)
     chunked = lambda x, m, s, v: sparse_layer(x, m, s, v, (3,), chunk_size=3, generator=11)  # noqa: E731
     assert torch.autograd.gradcheck(chunked, (x, means, sigmas, values))
@@ -40,8 +43,9 @@ def test_tiny_sigma_on_integer_tuples_equals_dense_matmul():
     sigmas = torch.full((5,), -30.0, dtype=torch.float64)
     values = torch.randn(5, dtype=torch.float64)
     x = torch.randn(6, 11, dtype=torch.float64)
-    y = sparse_layer(x, means, sigmas, values, (9,), n_local=3, n_global=5, sigma_scale=1e-8,
-                     generator=0)  # fmt: skip
+    y = sparse_layer(
+        x, means, sigmas, values, (9,), n_local=3, n_global=5, sigma_scale=1e-8, generator=0
+    )
     W = torch.zeros(dims, dtype=torch.float64)
     W[targets[:, 0], targets[:, 1]] = values
     assert torch.allclose(y, x @ W.T, atol=1e-10)
@@ -124,8 +128,7 @@ def test_nan_in_x_propagates_to_the_outputs_it_touches():
     x = torch.randn(2, 4, dtype=torch.float64)
     x[0, 1] = float("nan")
     ones = torch.ones(2, dtype=torch.float64)
-    y = sparse_layer(x, means, ones, ones,
-                     (4,), training=False)  # fmt: skip
+    y = sparse_layer(x, means, ones, ones, (4,), training=False)
     assert torch.isnan(y[0, 1]) and torch.isfinite(y[0, 2]) and torch.isfinite(y[1]).all()
 
 

@@ -44,9 +44,16 @@ def test_triton_backend_equals_torch_backend(
     outs, grads = [], []
     for backend in ("torch", "triton"):
         y = sparse_layer(
-            x, *params, out_shape, n_local=2, n_global=3, context_size=context_size,
-            chunk_size=chunk_size, generator=7, backend=backend,
-        )  # fmt: skip
+            x,
+            *params,
+            out_shape,
+            n_local=2,
+            n_global=3,
+            context_size=context_size,
+            chunk_size=chunk_size,
+            generator=7,
+            backend=backend,
+        )
         weight = torch.linspace(-1, 1, y.numel(), dtype=dtype, device=device).view_as(y)
         outs.append(y)
         grads.append(torch.autograd.grad((y * weight).sum(), [x, *params]))

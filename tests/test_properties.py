@@ -71,13 +71,28 @@ def test_eval_is_deterministic_and_ignores_the_generator(case, mode):
 
 
 junk = st.one_of(
-    st.none(), st.booleans(), st.floats(allow_nan=True), st.integers(-(2**70), 2**70),
-    st.text(max_size=3), st.lists(st.integers(-3, 3), max_size=3),
-)  # fmt: skip
+    st.none(),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=3),
+    st.lists(st.integers(-3, 3), max_size=3),
+)
 OPTIONS = [
-    "n_local", "n_global", "region", "sigma_scale", "min_sigma", "context_size", "chunk_size",
-    "generator", "backend", "deterministic", "validate", "eval_mode", "eval_samples",
-]  # fmt: skip
+    "n_local",
+    "n_global",
+    "region",
+    "sigma_scale",
+    "min_sigma",
+    "context_size",
+    "chunk_size",
+    "generator",
+    "backend",
+    "deterministic",
+    "validate",
+    "eval_mode",
+    "eval_samples",
+]
 
 
 @settings(max_examples=150, deadline=None, derandomize=True)

@@ -110,13 +110,27 @@ def test_ops_shape_errors():
     with pytest.raises(TypeError, match="points must be int64"):
         ops.duplicate_mask(pts.int(), (3, 3))
     with pytest.raises(ValueError, match=r"sigma must have shape \(B, k, r\)"):
-        ops.proportions(pts, torch.zeros(1, 2, 2), torch.ones(1, 2, 3), torch.zeros(1, 2),
-                        torch.zeros(1, 2, 3, dtype=torch.bool))  # fmt: skip
+        ops.proportions(
+            pts,
+            torch.zeros(1, 2, 2),
+            torch.ones(1, 2, 3),
+            torch.zeros(1, 2),
+            torch.zeros(1, 2, 3, dtype=torch.bool),
+        )
     with pytest.raises(ValueError, match="rows must lie"):
         ops.contract(
-            torch.tensor([[5]]), torch.tensor([[0]]), torch.ones(1, 1), torch.randn(2, 3), 2,
+            torch.tensor([[5]]),
+            torch.tensor([[0]]),
+            torch.ones(1, 1),
+            torch.randn(2, 3),
+            2,
             validate=True,
-        )  # fmt: skip
+        )
     with pytest.raises(ValueError, match=r"B = 1 \(shared W\) or B = x.shape"):
-        ops.contract(torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long),
-                     torch.ones(3, 1), torch.randn(2, 3), 2)  # fmt: skip
+        ops.contract(
+            torch.zeros(3, 1, dtype=torch.long),
+            torch.zeros(3, 1, dtype=torch.long),
+            torch.ones(3, 1),
+            torch.randn(2, 3),
+            2,
+        )
