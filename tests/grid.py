@@ -33,7 +33,7 @@ DEVICES = (
     ),
 )
 DTYPES = (torch.float64, torch.float32)
-#: not in :data:`DTYPES` until the kernels take them; their tolerances are in the table already
+#: the ops compute these in float32; tests/test_half_and_limits.py runs every op and kernel on them
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 #: the ``contiguous`` argument of :func:`make_layout`, one value or both
 CONTIGUOUS = (pytest.param(True, id="contiguous"),)

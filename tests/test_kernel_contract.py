@@ -185,7 +185,7 @@ def _bad(**change):
     [
         ({"rows": torch.zeros(2, 5, dtype=torch.int32)}, TypeError, "rows"),
         ({"cols": torch.zeros(2, 5)}, TypeError, "cols"),
-        ({"vprime": torch.zeros(2, 5, dtype=torch.float16)}, TypeError, "vprime"),
+        ({"vprime": torch.zeros(2, 5, dtype=torch.int32)}, TypeError, "vprime"),
         ({"x": torch.zeros(2, 3, dtype=torch.int64)}, TypeError, "x"),
         ({"rows": torch.zeros(10, dtype=torch.int64)}, ValueError, "rows"),
         ({"cols": torch.zeros(2, 4, dtype=torch.int64)}, ValueError, "cols"),

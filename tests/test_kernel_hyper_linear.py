@@ -144,7 +144,11 @@ def test_per_sample_mlp_fused_path_equals_bmm():
 @pytest.mark.parametrize(
     "mutate,error,match",
     [
-        (lambda a: (a[0].long(), *a[1:]), TypeError, "x must be float32 or float64"),
+        (
+            lambda a: (a[0].long(), *a[1:]),
+            TypeError,
+            "x must be float16, bfloat16, float32 or float64",
+        ),
         (lambda a: (a[0], a[1].float(), *a[2:]), TypeError, "e has dtype"),
         (lambda a: (a[0], a[1], a[2], [1.0]), TypeError, "bias must be a torch.Tensor"),
         (lambda a: (a[0][0], *a[1:]), ValueError, "x must have shape"),
