@@ -23,13 +23,7 @@ EPSILON = 1e-7  # the original code's guard against division by a zero variance
 
 
 def dense_proportions(
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    context_size: int | None = None,
-    chunk_size: int | None = None,
+    points, mu, sigma, values, duplicates, context_size=None, chunk_size=None
 ) -> torch.Tensor:
     """The original code's proportions: ``(B, k, S, r)`` points -> ``v' (B, k, S)``.
 
@@ -55,12 +49,7 @@ def dense_proportions(
     return reference.from_contexts(out.reshape(C, cs, S), B, k)
 
 
-def unique_duplicate_mask(
-    points: torch.Tensor,
-    dims: Sequence[int],
-    context_size: int | None = None,
-    key_kind: str = "auto",
-) -> torch.Tensor:
+def unique_duplicate_mask(points, dims, context_size=None, key_kind="auto") -> torch.Tensor:
     """``(B, k, S, r)`` tuples -> ``(B, k, S)`` bool via ``torch.unique`` over (context, key)."""
     keys = reference.tuple_keys(points, dims, key_kind)
     B, k, S = keys.shape

@@ -133,13 +133,7 @@ def _check_size(name: str, size: int | None) -> None:
 
 
 def check_proportions_inputs(
-    points: torch.Tensor,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    values: torch.Tensor,
-    duplicates: torch.Tensor,
-    context_size: int | None,
-    chunk_size: int | None,
+    points, mu, sigma, values, duplicates, context_size, chunk_size
 ) -> None:
     """Raise TypeError/ValueError naming the first bad argument."""
     named = {"points": points, "mu": mu, "sigma": sigma, "values": values, "duplicates": duplicates}

@@ -111,18 +111,9 @@ class HyperLSTM(nn.Module):
     Arguments as in :class:`HyperLSTMCell`.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        hyper_hidden_size: int = 16,
-        hyper_embedding_size: int = 4,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, input_size: int, hidden_size: int, *args: int, **kwargs: int) -> None:
         super().__init__()
-        self.cell = HyperLSTMCell(
-            input_size, hidden_size, hyper_hidden_size, hyper_embedding_size, seed
-        )
+        self.cell = HyperLSTMCell(input_size, hidden_size, *args, **kwargs)
 
     def forward(
         self, x: torch.Tensor, state: tuple[torch.Tensor, ...] | None = None
