@@ -110,8 +110,15 @@ def plot_means(layer: SparseLayer, path: Path, generator: torch.Generator) -> No
         ax.add_patch(plt.Circle((col, row), math.sqrt(var), color="tab:blue", alpha=0.15))
     means = mu[0]
     ax.scatter(means[used, 1], means[used, 0], c="tab:blue", s=14, label="means in use")
-    ax.scatter(means[~used, 1], means[~used, 0], facecolors="none", edgecolors="tab:blue", s=14,
-               linewidths=0.6, label="unused means (|value| < 5% of max)")  # fmt: skip
+    ax.scatter(
+        means[~used, 1],
+        means[~used, 0],
+        facecolors="none",
+        edgecolors="tab:blue",
+        s=14,
+        linewidths=0.6,
+        label="unused means (|value| < 5% of max)",
+    )
     ax.set(xlim=(-1, size), ylim=(size, -1), aspect="equal", xlabel="column", ylabel="row")
     ax.set_title(f"SparseLayer means, {size}x{size} identity")
     ax.legend(loc="lower left", fontsize=7)
@@ -127,10 +134,18 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--steps", type=int, default=5000, help="phase 1 (sampled) steps")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.03, help="Adam learning rate, phase 1")
-    parser.add_argument("--neg-penalty", type=float, default=1.0,
-                        help="weight of sum(relu(-values)**2) in phase 1 (0: off)")  # fmt: skip
-    parser.add_argument("--finetune-steps", type=int, default=1000,
-                        help="phase 2: values-only steps with means rounded (0: off)")  # fmt: skip
+    parser.add_argument(
+        "--neg-penalty",
+        type=float,
+        default=1.0,
+        help="weight of sum(relu(-values)**2) in phase 1 (0: off)",
+    )
+    parser.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=1000,
+        help="phase 2: values-only steps with means rounded (0: off)",
+    )
     parser.add_argument("--finetune-lr", type=float, default=0.01, help="Adam lr, phase 2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=500)
@@ -146,11 +161,15 @@ def main(argv: list[str] | None = None) -> float:
     layer = SparseLayer((n,), (n,), k=k, n_local=n_local, n_global=n_global, region=region)
     opt = torch.optim.Adam(layer.parameters(), lr=args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"identity {n}x{n}: k={k}, (local, global)=({n_local}, {n_global}), region={region}, "
-          f"lr={args.lr}, batch={args.batch}, steps={args.steps}, neg_penalty={args.neg_penalty}, "
-          f"finetune_steps={args.finetune_steps}")  # fmt: skip
-    print("eval: rounded = means rounded (paper's metric), sampled = the layer as trained; "
-          "the zero matrix scores 1.0")  # fmt: skip
+    print(
+        f"identity {n}x{n}: k={k}, (local, global)=({n_local}, {n_global}), region={region}, "
+        f"lr={args.lr}, batch={args.batch}, steps={args.steps}, neg_penalty={args.neg_penalty}, "
+        f"finetune_steps={args.finetune_steps}"
+    )
+    print(
+        "eval: rounded = means rounded (paper's metric), sampled = the layer as trained; "
+        "the zero matrix scores 1.0"
+    )
     start, running = time.time(), 0.0
     for step in range(1, args.steps + 1):
         x = torch.randn(args.batch, n, generator=gen)
@@ -165,15 +184,20 @@ def main(argv: list[str] | None = None) -> float:
             count = step % args.log_every or args.log_every
             rounded = evaluate(layer, n, gen, 1000)
             sampled = evaluate(layer, n, gen, 1000, rounded=False)
-            print(f"step {step:6d}/{args.steps}  train {running / count:.4f}  "
-                  f"eval rounded {rounded:.4f}  sampled {sampled:.4f}  {time.time() - start:5.1f}s",
-                  flush=True)  # fmt: skip
+            print(
+                f"step {step:6d}/{args.steps}  train {running / count:.4f}  "
+                f"eval rounded {rounded:.4f}  sampled {sampled:.4f}  {time.time() - start:5.1f}s",
+                flush=True,
+            )
             running = 0.0
     if args.finetune_steps:
         finetune_values(layer, n, gen, args.finetune_steps, args.batch, args.finetune_lr)
         rounded = evaluate(layer, n, gen, 1000)
-        print(f"phase 2: {args.finetune_steps} values-only steps with means rounded  "
-              f"eval rounded {rounded:.4f}  {time.time() - start:5.1f}s", flush=True)  # fmt: skip
+        print(
+            f"phase 2: {args.finetune_steps} values-only steps with means rounded  "
+            f"eval rounded {rounded:.4f}  {time.time() - start:5.1f}s",
+            flush=True,
+        )
     final = evaluate(layer, n, gen)
     final_sampled = evaluate(layer, n, gen, rounded=False)
     plot_means(layer, args.out / "means.png", gen)

@@ -123,11 +123,19 @@ def sparse_layer(
         non-finite parameters.
     """
     options = SparseOptions(
-        n_local=n_local, n_global=n_global, region=region, sigma_scale=sigma_scale,
-        min_sigma=min_sigma, context_size=context_size, chunk_size=chunk_size, backend=backend,
-        deterministic=deterministic, validate=validate, eval_mode=eval_mode,
+        n_local=n_local,
+        n_global=n_global,
+        region=region,
+        sigma_scale=sigma_scale,
+        min_sigma=min_sigma,
+        context_size=context_size,
+        chunk_size=chunk_size,
+        backend=backend,
+        deterministic=deterministic,
+        validate=validate,
+        eval_mode=eval_mode,
         eval_samples=eval_samples,
-    )  # fmt: skip
+    )
     return apply(x, means, sigmas, values, out_shape, options, generator, training)
 
 
@@ -141,10 +149,22 @@ def _sampled_weight(means, sigmas, values, dims, n_out_dims, options, seed, trit
         )
     cs = context_count(means.shape[1], options.context_size)[1]
     rows, cols, vprime, *_ = library.sparse_weight(
-        means, sigmas, values, seed, list(dims), n_out_dims, options.n_local, options.n_global,
-        list(options.region or default_region(dims)), options.sigma_scale, options.min_sigma,
-        cs, min(options.chunk_size or cs, cs), resolve_key_kind(dims) == "cantor", triton,
-    )  # fmt: skip
+        means,
+        sigmas,
+        values,
+        seed,
+        list(dims),
+        n_out_dims,
+        options.n_local,
+        options.n_global,
+        list(options.region or default_region(dims)),
+        options.sigma_scale,
+        options.min_sigma,
+        cs,
+        min(options.chunk_size or cs, cs),
+        resolve_key_kind(dims) == "cantor",
+        triton,
+    )
     if draws > 1:
         rows, cols, vprime = (
             t.view(draws, B, t.shape[1]).transpose(0, 1).reshape(B, draws * t.shape[1])
@@ -184,8 +204,12 @@ def apply(
     b = x.shape[0]
     dtype = x.dtype if x.dtype == vprime.dtype else torch.promote_types(x.dtype, vprime.dtype)
     y = library.contract(
-        rows, cols, vprime.to(dtype), x.reshape(b, math.prod(x.shape[1:]), 1).to(dtype),
+        rows,
+        cols,
+        vprime.to(dtype),
+        x.reshape(b, math.prod(x.shape[1:]), 1).to(dtype),
         math.prod(out_shape),
-        shared if options.deterministic is None else options.deterministic, triton,
-    )  # fmt: skip
+        shared if options.deterministic is None else options.deterministic,
+        triton,
+    )
     return y.reshape(b, *out_shape)

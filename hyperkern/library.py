@@ -130,9 +130,16 @@ def _proportions_grad(ctx, grad_vprime, _grad_lognorm):
         return (None,) * 8
     points, mu, sigma, values, duplicates, lognorm = ctx.saved_tensors
     dmu, dsigma, dvalues = proportions_backward(
-        grad_vprime.contiguous(), points, mu, sigma, values, duplicates, lognorm,
-        ctx.context_size, ctx.triton,
-    )  # fmt: skip
+        grad_vprime.contiguous(),
+        points,
+        mu,
+        sigma,
+        values,
+        duplicates,
+        lognorm,
+        ctx.context_size,
+        ctx.triton,
+    )
     return None, dmu, dsigma, dvalues, None, None, None, None
 
 

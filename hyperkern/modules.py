@@ -147,9 +147,14 @@ class SparseLayer(_SparseModule):
         n_in = math.prod(self.in_shape)
         eye = torch.eye(n_in, dtype=self.means.dtype, device=self.means.device)
         y = apply(
-            eye.reshape(n_in, *self.in_shape), self.means, self.sigmas, self.values,
-            self.out_shape, options, training=False,
-        )  # fmt: skip
+            eye.reshape(n_in, *self.in_shape),
+            self.means,
+            self.sigmas,
+            self.values,
+            self.out_shape,
+            options,
+            training=False,
+        )
         return y.reshape(n_in, -1).T.reshape(*self.out_shape, *self.in_shape)
 
     def forward(

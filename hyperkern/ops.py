@@ -91,9 +91,16 @@ def sample_tuples(
     region = check_region(region, dims) or default_region(dims)
     check_generator(generator)
     points, *_ = library.sample(
-        mu, seed_tensor(generator, mu.device), list(dims), 0, n_local, n_global, list(region),
-        resolve_key_kind(dims) == "cantor", resolve(backend, mu.device),
-    )  # fmt: skip
+        mu,
+        seed_tensor(generator, mu.device),
+        list(dims),
+        0,
+        n_local,
+        n_global,
+        list(region),
+        resolve_key_kind(dims) == "cantor",
+        resolve(backend, mu.device),
+    )
     return points
 
 
@@ -138,9 +145,15 @@ def proportions(
     check_proportions_inputs(points, mu, sigma, values, duplicates, context_size, chunk_size)
     cs = context_count(points.shape[1], context_size)[1]
     vprime, _ = library.proportions(
-        points.to(torch.int64), mu, sigma, values, duplicates, cs,
-        min(chunk_size or cs, cs), resolve(backend, mu.device),
-    )  # fmt: skip
+        points.to(torch.int64),
+        mu,
+        sigma,
+        values,
+        duplicates,
+        cs,
+        min(chunk_size or cs, cs),
+        resolve(backend, mu.device),
+    )
     return vprime
 
 

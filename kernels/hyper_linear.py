@@ -77,10 +77,16 @@ def _mm(a, b, USE_DOT: tl.constexpr, TF32: tl.constexpr):
 def _outer(u_ptr, v_ptr, offs_b, mask_b, offs_p, mask_p, offs_q, mask_q, P, Q):
     """``(BLOCK_B, BLOCK_P * BLOCK_Q)`` tile of ``u_b ⊗ v_b`` from two contiguous loads
     (``u (B, P)``, ``v (B, Q)``); also the ``u`` tile."""
-    u = tl.load(u_ptr + offs_b[:, None] * P + offs_p[None, :],
-                mask=mask_b[:, None] & mask_p[None, :], other=0.0)  # fmt: skip
-    v = tl.load(v_ptr + offs_b[:, None] * Q + offs_q[None, :],
-                mask=mask_b[:, None] & mask_q[None, :], other=0.0)  # fmt: skip
+    u = tl.load(
+        u_ptr + offs_b[:, None] * P + offs_p[None, :],
+        mask=mask_b[:, None] & mask_p[None, :],
+        other=0.0,
+    )
+    v = tl.load(
+        v_ptr + offs_b[:, None] * Q + offs_q[None, :],
+        mask=mask_b[:, None] & mask_q[None, :],
+        other=0.0,
+    )
     z = u[:, :, None] * v[:, None, :]
     return tl.reshape(z, (z.shape[0], z.shape[1] * z.shape[2])), u
 
@@ -121,8 +127,11 @@ def _outer_gemm_kernel(
             m = tl.load(a_ptr + cell + offs_n[None, None, :] * sa_n, mask=m_mask, other=0.0)
             acc += _mm(z, tl.reshape(m, (BLOCK_P * BLOCK_Q, BLOCK_N)), USE_DOT, TF32)
         if HAS_C:  # the bias, once per block of p (u from the last q block is the same)
-            cm = tl.load(c_ptr + offs_p[:, None] * sc_p + offs_n[None, :] * sc_n,
-                         mask=mask_p[:, None] & mask_n[None, :], other=0.0)  # fmt: skip
+            cm = tl.load(
+                c_ptr + offs_p[:, None] * sc_p + offs_n[None, :] * sc_n,
+                mask=mask_p[:, None] & mask_n[None, :],
+                other=0.0,
+            )
             acc += _mm(u, cm, USE_DOT, TF32)
     out = out_ptr + (split * B + offs_b[:, None]) * N + offs_n[None, :]
     tl.store(out, acc, mask=mask_b[:, None] & mask_n[None, :])
@@ -156,15 +165,21 @@ def _outer_grad_kernel(
     for b0 in range(b_lo, b_hi, BLOCK_B):
         offs_b = b0 + tl.arange(0, BLOCK_B)
         mask_b = offs_b < b_hi
-        dy_t = tl.load(dy_ptr + offs_b[None, :] * O + offs_o[:, None],
-                       mask=mask_b[None, :] & mask_o[:, None], other=0.0)  # fmt: skip
+        dy_t = tl.load(
+            dy_ptr + offs_b[None, :] * O + offs_o[:, None],
+            mask=mask_b[None, :] & mask_o[:, None],
+            other=0.0,
+        )
         z, x = _outer(x_ptr, e_ptr, offs_b, mask_b, offs_i, mask_i, offs_d, mask_d, I, D)
         acc += _mm(dy_t, z, USE_DOT, TF32)
         acc_c += _mm(dy_t, x, USE_DOT, TF32)
     rows = (split * O + offs_o[:, None, None]) * I + offs_i[None, :, None]
     mask = (mask_o[:, None] & mask_i[None, :])[:, :, None] & mask_d[None, None, :]
-    tl.store(da_ptr + rows * D + offs_d[None, None, :],
-             tl.reshape(acc, (BLOCK_O, BLOCK_I, BLOCK_D)), mask=mask)  # fmt: skip
+    tl.store(
+        da_ptr + rows * D + offs_d[None, None, :],
+        tl.reshape(acc, (BLOCK_O, BLOCK_I, BLOCK_D)),
+        mask=mask,
+    )
     if first_d == 0:
         c_rows = (split * O + offs_o[:, None]) * I + offs_i[None, :]
         tl.store(dc_ptr + c_rows, acc_c, mask=mask_o[:, None] & mask_i[None, :])
