@@ -123,19 +123,11 @@ def sparse_layer(
         non-finite parameters.
     """
     options = SparseOptions(
-        n_local=n_local,
-        n_global=n_global,
-        region=region,
-        sigma_scale=sigma_scale,
-        min_sigma=min_sigma,
-        context_size=context_size,
-        chunk_size=chunk_size,
-        backend=backend,
-        deterministic=deterministic,
-        validate=validate,
-        eval_mode=eval_mode,
+        n_local=n_local, n_global=n_global, region=region, sigma_scale=sigma_scale,
+        min_sigma=min_sigma, context_size=context_size, chunk_size=chunk_size, backend=backend,
+        deterministic=deterministic, validate=validate, eval_mode=eval_mode,
         eval_samples=eval_samples,
-    )
+    )  # fmt: skip
     return apply(x, means, sigmas, values, out_shape, options, generator, training)
 
 
