@@ -12,12 +12,14 @@ measured and no bound is reported.
 
 from __future__ import annotations
 
+import functools
 import platform
 import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
-from measure import PeakMemory, measure_bandwidth
+from measure import PeakMemory, measure_bandwidth, run_benchmark
 from roofline import GB, Bandwidths, measure_bandwidths
 from sweeps import SCALES, bandwidth_bytes, cases, rounds
 
@@ -118,6 +120,29 @@ def hk_bandwidth(hk_device: torch.device, hk_scale: str, hk_roofline: Bandwidths
 def hk_generator() -> torch.Generator:
     """A fresh CPU generator seeded 0 for every benchmark's inputs."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def hk_run(
+    benchmark,
+    hk_case,
+    hk_device: torch.device,
+    hk_rounds: int,
+    hk_memory: PeakMemory,
+    hk_roofline: Bandwidths | None,
+) -> Callable:
+    """:func:`measure.run_benchmark` for this test's ``benchmark`` and ``hk_case`` on the
+    session's device, rounds, peak-memory tracker and roofline bandwidths:
+    ``hk_run(fn, group=..., impl=..., ...)``."""
+    return functools.partial(
+        run_benchmark,
+        benchmark,
+        case=hk_case,
+        device=hk_device,
+        rounds=hk_rounds,
+        tracker=hk_memory,
+        bandwidths=hk_roofline,
+    )
 
 
 def _device_name() -> str:

@@ -27,8 +27,11 @@ from typing import Any
 
 import pytest
 import torch
+from inputs import contraction_inputs
+from peers import contraction_fn
 from roofline import (
     Bandwidths,
+    Model,
     SortSpec,
     Traffic,
     contraction_backward,
@@ -37,6 +40,7 @@ from roofline import (
     roofline_info,
     sort_seconds,
 )
+from sweeps import total_nonzeros
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -71,12 +75,6 @@ def _reset_rss_peak() -> bool:
     return True
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued work on ``device`` (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class PeakMemory:
     """Measures the peak bytes one call allocates on ``device`` (see the module docstring)."""
 
@@ -92,11 +90,11 @@ class PeakMemory:
     def measure(self, fn: Callable[[], Any]) -> tuple[Any, int]:
         """Run ``fn()`` once; return its result and the peak bytes it allocated."""
         if self.device.type == "cuda":
-            synchronize(self.device)
+            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
             result = fn()
-            synchronize(self.device)
+            torch.cuda.synchronize(self.device)
             return result, torch.cuda.max_memory_allocated(self.device) - base
         if _LIBC is not None:
             _LIBC.malloc_trim(0)
@@ -110,6 +108,12 @@ class PeakMemory:
             result = fn()
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
         return result, max(peak, 0)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def copy_seconds(device: torch.device, nbytes: int, repeats: int = 5) -> float:
@@ -187,19 +191,33 @@ def run_benchmark(
     return result
 
 
-def contraction_traffic(
-    case: Any, value_bytes: int, bandwidths: Bandwidths | None, backward: bool = False
-) -> tuple[Traffic, list[SortSpec]]:
-    """The roofline model of ``case`` (forward, or forward + ideal backward) and, for the
-    Triton path, the sorts it does."""
-    sizes = (case.nnz, case.b, case.n_in, case.n_out)
+def contraction_setup(
+    impl: str,
+    case: Any,
+    device: torch.device,
+    generator: torch.Generator,
+    bandwidths: Bandwidths | None,
+    backward: bool = False,
+) -> tuple[Callable, tuple[torch.Tensor, ...], dict[str, Any]]:
+    """What both contraction benchmarks share: ``(fn, inputs, options)``, the implementation
+    ``impl`` (skipped where the torch peers' gathered copy of ``x`` would not fit), the inputs
+    ``rows, cols, vprime, x, dy`` and :func:`run_benchmark`'s ``impl``, ``extra``, ``traffic``
+    (the roofline model of ``case``: forward, or forward + ideal backward) and ``sorts`` (the
+    ones Triton does)."""
+    fn = contraction_fn(impl, device)
+    if impl in ("torch", "index_add"):  # both gather a (b, nnz) copy of x, plus autograd buffers
+        fits_or_skip(16 * case.b * case.nnz, device, "(b, nnz) gathered x")
+    inputs = contraction_inputs(case, device, generator)
     capacity = bandwidths.l2_capacity_bytes if bandwidths is not None else None
-    options = dict(shared=case.shared, value_bytes=value_bytes, l2_capacity_bytes=capacity)
-    traffic = contraction_forward(*sizes, **options)
+    model = Model(value_bytes=inputs[2].element_size(), l2_capacity_bytes=capacity)
+    sizes = (case.nnz, case.b, case.n_in, case.n_out)
+    traffic = contraction_forward(*sizes, shared=case.shared, model=model)
     if backward:
-        traffic = traffic + contraction_backward(*sizes, **options)
+        traffic = traffic + contraction_backward(*sizes, shared=case.shared, model=model)
     sorts = contraction_sorts(*sizes, shared=case.shared, backward=backward)
-    return traffic, sorts
+    extra = {"total_nnz": total_nonzeros(case)}
+    options = dict(impl=impl, extra=extra, traffic=traffic, sorts=sorts if impl == "triton" else ())
+    return fn, inputs, options
 
 
 def triton_or_skip(name: str, device: torch.device) -> Callable:

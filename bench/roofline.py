@@ -13,7 +13,8 @@ with both bandwidths measured in the same run (:func:`measure_bandwidths`), and 
 sort the kernel does (segment keys, duplicate keys) measured apart (:func:`sort_seconds`) and
 reported next to the kernel time ("kernel time, of which sort"), never inside the bound.
 
-The model (pure; CPU-testable). Every family returns a :class:`Traffic`:
+The model (pure; CPU-testable). Every family returns a :class:`Traffic`, counted with one
+:class:`Model` (the byte widths, the two L2 knobs below and the proportions' tiles):
 
 - ``hbm_bytes``: compulsory traffic. Every input read once, every output written once, what an
   ideal kernel that never re-reads DRAM must move. Intermediates a fused design can avoid
@@ -70,7 +71,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from units import GB, MiB
@@ -116,47 +117,58 @@ def round_up(nbytes: int, sector_bytes: int = 1) -> int:
     return -(-nbytes // sector_bytes) * sector_bytes
 
 
-def _source_reads(source_bytes: int, gathered: int, l2_capacity_bytes: int | None) -> int:
-    """HBM reads of a gathered buffer: once, or the expected misses of uniformly random gathers
-    when it is larger than L2 (whichever is more)."""
-    if l2_capacity_bytes is None or source_bytes <= l2_capacity_bytes:
-        return source_bytes
-    misses = gathered * (1 - l2_capacity_bytes / source_bytes)
-    return max(source_bytes, math.ceil(misses))
+@dataclass(frozen=True)
+class Model:
+    """What every family counts with: the byte widths ``v`` (``value_bytes``) and ``i``
+    (``index_bytes``), the L2 knobs ``sector_bytes`` and ``l2_capacity_bytes`` (module
+    docstring; ``None``: every gathered buffer fits in L2) and the proportions kernels' tiles
+    (``block_points`` points by ``block_means`` means)."""
+
+    value_bytes: int = 4
+    index_bytes: int = 8
+    sector_bytes: int = 1
+    l2_capacity_bytes: int | None = None
+    block_points: int = 64
+    block_means: int = 32
+
+    @property
+    def nonzero_bytes(self) -> int:
+        """One nonzero: its value, row and column (``v + 2i``)."""
+        return self.value_bytes + 2 * self.index_bytes
+
+    def source_reads(self, source_bytes: int, gathered: int) -> int:
+        """HBM reads of a buffer ``gathered`` bytes are gathered from: once, or the expected
+        misses of uniformly random gathers when it is larger than L2 (whichever is more)."""
+        capacity = self.l2_capacity_bytes
+        if capacity is None or source_bytes <= capacity:
+            return source_bytes
+        return max(source_bytes, math.ceil(gathered * (1 - capacity / source_bytes)))
 
 
-def _row(b: int, c: int, value_bytes: int, shared: bool) -> int:
-    """Dense bytes one nonzero gathers: the batch is folded into the row for a shared W."""
-    return (b if shared else 1) * c * value_bytes
+FP32 = Model()  # the default: float32 values, int64 indices, useful bytes only, L2 unlimited
+
+
+def _contraction(
+    nnz: int, b: int, n_in: int, n_out: int, shared: bool, c: int, model: Model
+) -> tuple[int, int, int, int]:
+    """``(nonzeros, bytes they gather, x bytes, y bytes)``: every nonzero of the ``W`` matrices
+    gathers one dense row (the batch folded into it for a shared W), in whole sectors."""
+    nonzeros = (1 if shared else b) * nnz
+    row = round_up((b if shared else 1) * c * model.value_bytes, model.sector_bytes)
+    dense = b * c * model.value_bytes
+    return nonzeros, nonzeros * row, dense * n_in, dense * n_out
 
 
 def contraction_forward(
-    nnz: int,
-    b: int,
-    n_in: int,
-    n_out: int,
-    *,
-    shared: bool = True,
-    c: int = 1,
-    value_bytes: int = 4,
-    index_bytes: int = 8,
-    sector_bytes: int = 1,
-    l2_capacity_bytes: int | None = None,
+    nnz: int, b: int, n_in: int, n_out: int, *, shared: bool = True, c: int = 1, model: Model = FP32
 ) -> Traffic:
     """``y = W x``: ``nnz`` nonzeros per W, ``x (b, n_in, c)`` -> ``y (b, n_out, c)``.
 
     HBM: the nonzeros (value, row, col: ``v + 2i`` each, ``W`` matrices), ``x`` read once and
     ``y`` written once. L2: one dense row of ``x`` per nonzero.
     """
-    nonzeros = (1 if shared else b) * nnz
-    x_bytes = b * n_in * c * value_bytes
-    y_bytes = b * n_out * c * value_bytes
-    gathered = nonzeros * round_up(_row(b, c, value_bytes, shared), sector_bytes)
-    hbm = (
-        nonzeros * (value_bytes + 2 * index_bytes)
-        + _source_reads(x_bytes, gathered, l2_capacity_bytes)
-        + y_bytes
-    )
+    nonzeros, gathered, x_bytes, y_bytes = _contraction(nnz, b, n_in, n_out, shared, c, model)
+    hbm = nonzeros * model.nonzero_bytes + model.source_reads(x_bytes, gathered) + y_bytes
     return Traffic(hbm, gathered)
 
 
@@ -168,12 +180,9 @@ def contraction_backward(
     *,
     shared: bool = True,
     c: int = 1,
-    value_bytes: int = 4,
-    index_bytes: int = 8,
     row_gathers: int = 1,
     dx: bool = True,
-    sector_bytes: int = 1,
-    l2_capacity_bytes: int | None = None,
+    model: Model = FP32,
 ) -> Traffic:
     """``dx = W^T dy`` (if ``dx``) and ``dv'_j = <dy[row_j], x[col_j]>``.
 
@@ -181,85 +190,59 @@ def contraction_backward(
     nonzero) written. L2: ``row_gathers`` dense rows per nonzero (1 = the ideal fused design,
     :data:`HYPERKERN_BACKWARD_ROW_GATHERS` = today's kernels).
     """
-    nonzeros = (1 if shared else b) * nnz
-    x_bytes = b * n_in * c * value_bytes
-    dy_bytes = b * n_out * c * value_bytes
-    gathered = row_gathers * nonzeros * round_up(_row(b, c, value_bytes, shared), sector_bytes)
-    hbm = (
-        nonzeros * (value_bytes + 2 * index_bytes)
-        + _source_reads(dy_bytes, gathered, l2_capacity_bytes)
-        + x_bytes
-        + (x_bytes if dx else 0)
-        + nonzeros * value_bytes
-    )
+    nonzeros, gathered, x_bytes, dy_bytes = _contraction(nnz, b, n_in, n_out, shared, c, model)
+    gathered *= row_gathers
+    hbm = nonzeros * (model.nonzero_bytes + model.value_bytes)  # the nonzeros read, dv' written
+    hbm += model.source_reads(dy_bytes, gathered) + (2 if dx else 1) * x_bytes  # x read, dx
     return Traffic(hbm, gathered)
 
 
-def _context_sizes(k: int, context_size: int | None) -> list[tuple[int, int]]:
-    """``(means per context, how many such contexts)`` for one instance of ``k`` means."""
+def _per_context(
+    b: int, k: int, S: int, context_size: int | None, bytes_of: Callable[[int, int], int]
+) -> int:
+    """``bytes_of(means, points)`` summed over every context (``context_size`` means and their
+    ``points``; the last one ragged) of every one of the ``b`` instances of ``k`` means."""
     cs = k if context_size is None else min(context_size, k)
     if cs <= 0:
-        return []
+        return 0
     full, rest = divmod(k, cs)
-    return [(cs, full)] + ([(rest, 1)] if rest else [])
+    return b * (full * bytes_of(cs, cs * S) + (bytes_of(rest, rest * S) if rest else 0))
 
 
 def proportions_forward(
-    b: int,
-    k: int,
-    S: int,
-    r: int,
-    *,
-    context_size: int | None = None,
-    value_bytes: int = 4,
-    index_bytes: int = 8,
-    block_points: int = 64,
-    block_means: int = 32,
+    b: int, k: int, S: int, r: int, *, context_size: int | None = None, model: Model = FP32
 ) -> Traffic:
     """``v' (b, k, S)`` from points ``(b, k, S, r)``, ``mu``, ``sigma (b, k, r)``, ``values``
     and the duplicate mask, in two streaming passes (see the module docstring)."""
+    v, point = model.value_bytes, r * model.index_bytes + 1  # a point: coordinates and mask
     n = b * k * S
-    hbm = n * (r * index_bytes + 1) + b * k * (2 * r + 1) * value_bytes  # points, mask, params
-    hbm += n * value_bytes + b * k * value_bytes  # v', lognorm
-    l2 = 0
-    for means, count in _context_sizes(k, context_size):
-        points = means * S
-        pass1 = math.ceil(means / block_means) * points * (r * index_bytes + 1)
-        pass2 = math.ceil(points / block_points) * means * (2 * r + 2) * value_bytes
-        l2 += b * count * (pass1 + pass2)
-    return Traffic(hbm, l2)
+    hbm = n * point + b * k * (2 * r + 1) * v + n * v + b * k * v  # in; v', lognorm out
+
+    def tiles(means: int, points: int) -> int:
+        pass1 = math.ceil(means / model.block_means) * points * point
+        pass2 = math.ceil(points / model.block_points) * means * (2 * r + 2) * v
+        return pass1 + pass2
+
+    return Traffic(hbm, _per_context(b, k, S, context_size, tiles))
 
 
 def proportions_backward(
-    b: int,
-    k: int,
-    S: int,
-    r: int,
-    *,
-    context_size: int | None = None,
-    value_bytes: int = 4,
-    index_bytes: int = 8,
-    block_means: int = 32,
+    b: int, k: int, S: int, r: int, *, context_size: int | None = None, model: Model = FP32
 ) -> Traffic:
     """``dmu, dsigma (b, k, r)``, ``dvalues (b, k)`` from ``g = dL/dv'`` in one per-mean pass."""
+    v, point = model.value_bytes, r * model.index_bytes + 1 + model.value_bytes  # with g
     n = b * k * S
-    hbm = n * (value_bytes + r * index_bytes + 1) + b * k * (2 * r + 2) * value_bytes
-    hbm += b * k * (2 * r + 1) * value_bytes  # dmu, dsigma, dvalues
-    l2 = 0
-    for means, count in _context_sizes(k, context_size):
-        points = means * S
-        per_point = r * index_bytes + 1 + value_bytes
-        l2 += b * count * math.ceil(means / block_means) * points * per_point
-    return Traffic(hbm, l2)
+    hbm = n * point + b * k * (2 * r + 2) * v  # in
+    hbm += b * k * (2 * r + 1) * v  # dmu, dsigma, dvalues
+
+    def stream(means: int, points: int) -> int:
+        return math.ceil(means / model.block_means) * points * point
+
+    return Traffic(hbm, _per_context(b, k, S, context_size, stream))
 
 
 def duplicate_mask(
-    n_tuples: int,
-    r: int,
-    *,
-    index_bytes: int = 8,
-    from_keys: bool = False,
-    sector_bytes: int = 1,
+    n_tuples: int, r: int, *, from_keys: bool = False, model: Model = FP32
 ) -> Traffic:
     """The sort-based duplicate mask, its sort left out (timed apart by :func:`sort_seconds`).
 
@@ -268,27 +251,19 @@ def duplicate_mask(
     int64 order, write one bool per tuple). L2: the mark kernel stores each flag at the tuple's
     original position, a scattered 1-byte store (rounded up to ``sector_bytes``).
     """
-    keys = 0 if from_keys else n_tuples * (r * index_bytes + KEY_BYTES)
+    keys = 0 if from_keys else n_tuples * (r * model.index_bytes + KEY_BYTES)
     mark = n_tuples * (2 * KEY_BYTES + 1)
-    return Traffic(keys + mark, n_tuples * round_up(1, sector_bytes))
+    return Traffic(keys + mark, n_tuples * round_up(1, model.sector_bytes))
 
 
 def sampling(
-    b: int,
-    k: int,
-    S: int,
-    r: int,
-    *,
-    value_bytes: int = 4,
-    index_bytes: int = 8,
-    keys: bool = True,
-    flat: bool = True,
+    b: int, k: int, S: int, r: int, *, keys: bool = True, flat: bool = True, model: Model = FP32
 ) -> Traffic:
     """The fused sampler: read ``mu (b, k, r)``, write points ``(b, k, S, r)``, their int64 keys
     (``keys``) and flat ``rows``, ``cols`` (``flat``). Streaming stores only: no L2 term."""
-    n = b * k * S
-    hbm = b * k * r * value_bytes + n * r * index_bytes
-    hbm += (n * KEY_BYTES if keys else 0) + (2 * n * index_bytes if flat else 0)
+    n, i = b * k * S, model.index_bytes
+    hbm = b * k * r * model.value_bytes + n * r * i
+    hbm += (n * KEY_BYTES if keys else 0) + (2 * n * i if flat else 0)
     return Traffic(hbm, 0)
 
 
@@ -300,27 +275,23 @@ def layer_step(
     n_out: int,
     *,
     context_size: int | None = None,
-    value_bytes: int = 4,
-    index_bytes: int = 8,
     x_grad: bool = True,
     backward_row_gathers: int = 1,
-    l2_capacity_bytes: int | None = None,
+    model: Model = FP32,
 ) -> Traffic:
     """One training step of a layer ``(n_out,) x (n_in,)`` with ``k`` means of rank 2 shared by
     ``b`` rows: sampling, duplicate mask, proportions and contraction forward, then the
     contraction's and the proportions' backward. The sum of the parts: no credit for fusion."""
-    r, nnz = 2, k * S
-    sizes = dict(value_bytes=value_bytes, index_bytes=index_bytes)
-    contraction = dict(sizes, l2_capacity_bytes=l2_capacity_bytes)
+    r, nnz, cs = 2, k * S, context_size
     return (
-        sampling(1, k, S, r, **sizes)
-        + duplicate_mask(nnz, r, index_bytes=index_bytes, from_keys=True)
-        + proportions_forward(1, k, S, r, context_size=context_size, **sizes)
-        + contraction_forward(nnz, b, n_in, n_out, **contraction)
+        sampling(1, k, S, r, model=model)
+        + duplicate_mask(nnz, r, from_keys=True, model=model)
+        + proportions_forward(1, k, S, r, context_size=cs, model=model)
+        + contraction_forward(nnz, b, n_in, n_out, model=model)
         + contraction_backward(
-            nnz, b, n_in, n_out, row_gathers=backward_row_gathers, dx=x_grad, **contraction
-        )  # fmt: skip
-        + proportions_backward(1, k, S, r, context_size=context_size, **sizes)
+            nnz, b, n_in, n_out, row_gathers=backward_row_gathers, dx=x_grad, model=model
+        )
+        + proportions_backward(1, k, S, r, context_size=cs, model=model)
     )
 
 
@@ -421,21 +392,38 @@ def measure_hbm_bandwidth(
     return 2 * nbytes / seconds
 
 
+@dataclass(frozen=True)
+class GatherProbe:
+    """The L2 probe: ``gathers`` random rows of ``row_bytes`` (256 B: one nonzero's row of ``x``
+    for a W shared by 64 rows) from ``buffer_bytes`` of float32 rows, in bags of ``bag``, by
+    ``method`` (:func:`l2_gather_probe`), the row indices drawn from ``seed``."""
+
+    buffer_bytes: int = 16 * MiB
+    row_bytes: int = 256
+    gathers: int = 2**20
+    bag: int = 64
+    method: str = "embedding_bag"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        row, bag = self.row_bytes, self.bag
+        if row % 4 or row <= 0 or self.buffer_bytes < row or self.gathers < bag or bag < 1:
+            raise ValueError(
+                "need row_bytes a positive multiple of 4, buffer >= row, gathers >= bag"
+            )
+
+    def fitted(self, l2_bytes: int) -> GatherProbe:
+        """This probe with its buffer cut to at most a third of an L2 of ``l2_bytes``."""
+        return replace(self, buffer_bytes=min(self.buffer_bytes, l2_bytes // 3))
+
+
 def l2_gather_probe(
-    device: torch.device | str,
-    *,
-    buffer_bytes: int = 16 * MiB,
-    row_bytes: int = 256,
-    gathers: int = 2**20,
-    bag: int = 64,
-    method: str = "embedding_bag",
-    seed: int = 0,
+    device: torch.device | str, probe: GatherProbe = GatherProbe()
 ) -> tuple[Callable[[], torch.Tensor], int]:
     """A gather of random rows from a small buffer: ``(fn, gathered_bytes)``. Runs anywhere (the
     timing does not).
 
-    ``buffer_bytes`` of float32 rows of ``row_bytes`` (256 B: one nonzero's row of ``x`` for a W
-    shared by 64 rows), ``gathers`` random int64 row indices. ``method``:
+    ``probe.method``:
 
     - ``"embedding_bag"`` (default): sums every ``bag`` gathered rows (a segment reduction, as
       the contraction does), so the output is ``1 / bag`` of the gathered bytes and the whole
@@ -445,32 +433,26 @@ def l2_gather_probe(
 
     ``gathered_bytes`` counts the rows gathered, not the index reads or the output.
     """
-    if row_bytes % 4 or row_bytes <= 0 or buffer_bytes < row_bytes or gathers < bag or bag < 1:
-        raise ValueError("need row_bytes a positive multiple of 4, buffer >= row, gathers >= bag")
-    n_rows, width = buffer_bytes // row_bytes, row_bytes // 4
-    generator = torch.Generator().manual_seed(seed)
+    n_rows, width = probe.buffer_bytes // probe.row_bytes, probe.row_bytes // 4
+    generator = torch.Generator().manual_seed(probe.seed)
     table = torch.randn(n_rows, width, generator=generator).to(device)
-    n_bags = gathers // bag
-    index = torch.randint(0, n_rows, (n_bags, bag), generator=generator)
+    n_bags = probe.gathers // probe.bag
+    index = torch.randint(0, n_rows, (n_bags, probe.bag), generator=generator)
     index = index.to(device)
-    gathered = n_bags * bag * row_bytes
-    if method == "embedding_bag":
+    gathered = n_bags * probe.bag * probe.row_bytes
+    if probe.method == "embedding_bag":
         return (lambda: torch.nn.functional.embedding_bag(index, table, mode="sum")), gathered
-    if method == "index_select":
+    if probe.method == "index_select":
         flat = index.flatten()
         out = torch.empty(flat.numel(), width, device=table.device)
         return (lambda: torch.index_select(table, 0, flat, out=out)), gathered
-    raise ValueError(f"method must be 'embedding_bag' or 'index_select', got {method!r}")
+    raise ValueError(f"method must be 'embedding_bag' or 'index_select', got {probe.method!r}")
 
 
 def measure_l2_bandwidth(
     *,
     device: torch.device | str | None = None,
-    buffer_bytes: int = 16 * MiB,
-    row_bytes: int = 256,
-    gathers: int = 2**20,
-    bag: int = 64,
-    method: str = "embedding_bag",
+    probe: GatherProbe = GatherProbe(),
     repeats: int = 10,
 ) -> float:
     """L2 gather bandwidth in bytes per second: :func:`l2_gather_probe` on a buffer that fits in
@@ -480,9 +462,7 @@ def measure_l2_bandwidth(
     faster than ``embedding_bag`` shows more than 100% of its bound, and then the probe, not the
     kernel, is the weak side (a tuned probe would raise the figure)."""
     device = _cuda_device(device)
-    buffer_bytes = min(buffer_bytes, l2_cache_bytes(device) // 3)
-    fn, gathered = l2_gather_probe(device, buffer_bytes=buffer_bytes, row_bytes=row_bytes,
-                                   gathers=gathers, bag=bag, method=method)  # fmt: skip
+    fn, gathered = l2_gather_probe(device, probe.fitted(l2_cache_bytes(device)))
     with torch.cuda.device(device):
         return gathered / cuda_seconds(fn, repeats=repeats)
 
@@ -516,6 +496,11 @@ class Bandwidths:
     l2_row_bytes: int
     l2_method: str = "embedding_bag"
 
+    @property
+    def probe(self) -> GatherProbe:
+        """The L2 probe these bandwidths were measured with (default gathers, bags and seed)."""
+        return GatherProbe(self.l2_buffer_bytes, self.l2_row_bytes, method=self.l2_method)
+
     def info(self) -> dict[str, float | int]:
         """For ``machine_info`` and ``extra_info``: GB/s (decimal) and the probe's sizes."""
         return {
@@ -532,8 +517,7 @@ def measure_bandwidths(
     *,
     hbm_bytes: int = 2**31,
     device: torch.device | str | None = None,
-    buffer_bytes: int = 16 * MiB,
-    row_bytes: int = 256,
+    probe: GatherProbe = GatherProbe(),
     repeats: int = 10,
 ) -> Bandwidths:
     """:func:`measure_hbm_bandwidth` and :func:`measure_l2_bandwidth` in one go."""
@@ -541,9 +525,9 @@ def measure_bandwidths(
     capacity = l2_cache_bytes(device)
     hbm = measure_hbm_bandwidth(hbm_bytes, device=device, repeats=repeats)
     torch.cuda.empty_cache()
-    l2 = measure_l2_bandwidth(device=device, buffer_bytes=buffer_bytes, row_bytes=row_bytes,
-                              repeats=repeats)  # fmt: skip
-    return Bandwidths(hbm, l2, capacity, min(buffer_bytes, capacity // 3), row_bytes)
+    l2 = measure_l2_bandwidth(device=device, probe=probe, repeats=repeats)
+    fitted = probe.fitted(capacity)
+    return Bandwidths(hbm, l2, capacity, fitted.buffer_bytes, fitted.row_bytes, fitted.method)
 
 
 def roofline_info(

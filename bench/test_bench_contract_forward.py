@@ -12,9 +12,7 @@ W per instance), in/out size.
 import pytest
 import roofline
 import torch
-from inputs import contraction_inputs
-from measure import contraction_traffic, fits_or_skip, run_benchmark, synchronize
-from peers import contraction_fn
+from measure import contraction_setup, synchronize
 from sweeps import bandwidth_bytes, total_nonzeros
 
 from hyperkern import reference
@@ -24,20 +22,13 @@ IMPLS = ["triton", "torch", "index_add", "coo", "csr"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_contract_forward(
-    benchmark, impl, hk_case, hk_device, hk_rounds, hk_memory, hk_roofline, hk_generator
-):
-    fn = contraction_fn(impl, hk_device)
-    if impl in ("torch", "index_add"):  # both gather a (b, nnz) copy of x, plus autograd buffers
-        fits_or_skip(16 * hk_case.b * hk_case.nnz, hk_device, "(b, nnz) gathered x")
-    rows, cols, vprime, x, _ = contraction_inputs(hk_case, hk_device, hk_generator)
-    traffic, sorts = contraction_traffic(hk_case, vprime.element_size(), hk_roofline)
-    result = run_benchmark(
-        benchmark, lambda: fn(rows, cols, vprime, x, hk_case.n_out), group="contract forward",
-        case=hk_case, impl=impl, device=hk_device, rounds=hk_rounds, tracker=hk_memory,
-        extra={"total_nnz": total_nonzeros(hk_case)}, traffic=traffic, bandwidths=hk_roofline,
-        sorts=sorts if impl == "triton" else (),
-    )  # fmt: skip
+def test_contract_forward(impl, hk_case, hk_device, hk_roofline, hk_generator, hk_run):
+    fn, (rows, cols, vprime, x, _), options = contraction_setup(
+        impl, hk_case, hk_device, hk_generator, hk_roofline
+    )
+    result = hk_run(
+        lambda: fn(rows, cols, vprime, x, hk_case.n_out), group="contract forward", **options
+    )
     if impl != "torch" and total_nonzeros(hk_case) <= 2**16:
         expected = reference.contract(rows, cols, vprime, x, hk_case.n_out)
         torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-4)
@@ -65,8 +56,7 @@ def test_l2_gather_bandwidth(benchmark, hk_device, hk_rounds, hk_roofline):
     """The roofline's L2 side: random 256 B rows summed in bags from a 16 MiB buffer (CUDA)."""
     if hk_roofline is None:
         pytest.skip("needs CUDA")
-    fn, gathered = roofline.l2_gather_probe(hk_device, buffer_bytes=hk_roofline.l2_buffer_bytes,
-                                            row_bytes=hk_roofline.l2_row_bytes)  # fmt: skip
+    fn, gathered = roofline.l2_gather_probe(hk_device, hk_roofline.probe)
 
     def gather():
         out = fn()

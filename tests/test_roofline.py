@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
 import roofline  # noqa: E402
-from roofline import Bandwidths, Traffic  # noqa: E402
+from roofline import Bandwidths, GatherProbe, Model, Traffic  # noqa: E402
 from units import GiB, MiB, format_bytes, to_gib  # noqa: E402
 
 # ---- contraction ------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ def test_contraction_forward_per_instance_gathers_one_value_per_nonzero():
     t = roofline.contraction_forward(3, 2, 5, 7, shared=False)
     assert t.hbm_bytes == 6 * 20 + 40 + 56 == 216  # b = 2 Ws of 3 nonzeros
     assert t.l2_gathered_bytes == 6 * 4 == 24
-    t = roofline.contraction_forward(3, 2, 5, 7, shared=False, c=3, value_bytes=2)
+    t = roofline.contraction_forward(3, 2, 5, 7, shared=False, c=3, model=Model(value_bytes=2))
     assert t.l2_gathered_bytes == 6 * 3 * 2
     assert t.hbm_bytes == 6 * (2 + 16) + 2 * 5 * 3 * 2 + 2 * 7 * 3 * 2
 
@@ -51,9 +51,9 @@ def test_sector_rounding_of_gathered_rows():
     assert roofline.round_up(256, 32) == 256
     with pytest.raises(ValueError):
         roofline.round_up(4, 0)
-    narrow = roofline.contraction_forward(3, 2, 5, 7, shared=False, sector_bytes=32)
+    narrow = roofline.contraction_forward(3, 2, 5, 7, shared=False, model=Model(sector_bytes=32))
     assert narrow.l2_gathered_bytes == 6 * 32
-    wide = roofline.contraction_forward(3, 64, 5, 7, sector_bytes=32)
+    wide = roofline.contraction_forward(3, 64, 5, 7, model=Model(sector_bytes=32))
     assert wide.l2_gathered_bytes == roofline.contraction_forward(3, 64, 5, 7).l2_gathered_bytes
 
 
@@ -71,21 +71,23 @@ def test_contraction_backward_counts():
 
 def test_gathered_buffer_larger_than_l2_reads_its_misses_from_hbm():
     # x (1, 1000) float32 = 4000 B against a 1000 B L2: 3/4 of random gathers miss
-    few = roofline.contraction_forward(100, 1, 1000, 1, l2_capacity_bytes=1000)
+    few = roofline.contraction_forward(100, 1, 1000, 1, model=Model(l2_capacity_bytes=1000))
     assert few.hbm_bytes == roofline.contraction_forward(100, 1, 1000, 1).hbm_bytes  # x once
-    many = roofline.contraction_forward(10_000, 1, 1000, 1, l2_capacity_bytes=1000)
+    many = roofline.contraction_forward(10_000, 1, 1000, 1, model=Model(l2_capacity_bytes=1000))
     assert many.hbm_bytes == 10_000 * 20 + 30_000 + 4
-    fits = roofline.contraction_forward(10_000, 1, 1000, 1, l2_capacity_bytes=4000)
+    fits = roofline.contraction_forward(10_000, 1, 1000, 1, model=Model(l2_capacity_bytes=4000))
     assert fits.hbm_bytes == 10_000 * 20 + 4000 + 4
     assert many.l2_gathered_bytes == fits.l2_gathered_bytes == 40_000
 
 
 # ---- the other families -------------------------------------------------------------------
 
+TILES = Model(block_points=4, block_means=2)  # the proportions' tiles: 4 points x 2 means
+
 
 def test_proportions_forward_counts():
     # b = 1, k = 4 means, S = 2, r = 2: N = 8 points; tiles of 4 points x 2 means
-    t = roofline.proportions_forward(1, 4, 2, 2, block_points=4, block_means=2)
+    t = roofline.proportions_forward(1, 4, 2, 2, model=TILES)
     assert t.hbm_bytes == 8 * (16 + 1) + 4 * 5 * 4 + 8 * 4 + 4 * 4 == 264
     pass1 = 2 * 8 * 17  # 2 blocks of means, each streams the 8 points + mask
     pass2 = 2 * 4 * 6 * 4  # 2 blocks of points, each streams 4 means (mu, sigma, value, lognorm)
@@ -93,17 +95,17 @@ def test_proportions_forward_counts():
 
 
 def test_proportions_forward_with_a_ragged_last_context():
-    t = roofline.proportions_forward(1, 4, 2, 2, context_size=3, block_points=4, block_means=2)
+    t = roofline.proportions_forward(1, 4, 2, 2, context_size=3, model=TILES)
     first = 2 * 6 * 17 + 2 * 3 * 24  # 3 means, 6 points
     last = 1 * 2 * 17 + 1 * 1 * 24  # 1 mean, 2 points
     assert t.l2_gathered_bytes == first + last == 406
     assert t.hbm_bytes == 264  # compulsory traffic does not depend on the contexts
-    twice = roofline.proportions_forward(2, 4, 2, 2, context_size=3, block_points=4, block_means=2)
+    twice = roofline.proportions_forward(2, 4, 2, 2, context_size=3, model=TILES)
     assert twice == Traffic(2 * 264, 2 * 406)
 
 
 def test_proportions_backward_counts():
-    t = roofline.proportions_backward(1, 4, 2, 2, block_means=2)
+    t = roofline.proportions_backward(1, 4, 2, 2, model=Model(block_means=2))
     assert t.hbm_bytes == 8 * (4 + 16 + 1) + 4 * 6 * 4 + 4 * 5 * 4 == 344
     assert t.l2_gathered_bytes == 2 * 8 * (16 + 1 + 4) == 336
 
@@ -112,7 +114,7 @@ def test_duplicate_mask_and_sampling_counts():
     t = roofline.duplicate_mask(10, 2)
     assert t == Traffic(10 * (16 + 8) + 10 * (8 + 8 + 1), 10)
     assert roofline.duplicate_mask(10, 2, from_keys=True).hbm_bytes == 170
-    assert roofline.duplicate_mask(10, 2, sector_bytes=32).l2_gathered_bytes == 320
+    assert roofline.duplicate_mask(10, 2, model=Model(sector_bytes=32)).l2_gathered_bytes == 320
     s = roofline.sampling(1, 4, 2, 2)
     assert s == Traffic(4 * 2 * 4 + 8 * 2 * 8 + 8 * 8 + 2 * 8 * 8, 0)
     assert roofline.sampling(1, 4, 2, 2, keys=False, flat=False).hbm_bytes == 32 + 128
@@ -180,6 +182,7 @@ def test_roofline_info_fields():
     untimed = roofline.roofline_info(t, bw)
     assert "pct_of_bound" not in untimed and "sort_ms" not in untimed
     assert bw.info()["l2_buffer_bytes"] == 16 * MiB
+    assert bw.probe == GatherProbe(buffer_bytes=16 * MiB, row_bytes=256)
 
 
 # ---- units --------------------------------------------------------------------------------
@@ -224,16 +227,16 @@ def test_duplicate_mask_sorts_per_context():
 
 def test_l2_probe_methods_gather_the_same_rows():
     kw = dict(buffer_bytes=64 * 256, row_bytes=256, gathers=48, bag=8)
-    bag_sum, gathered = roofline.l2_gather_probe("cpu", method="embedding_bag", **kw)
-    rows, gathered_too = roofline.l2_gather_probe("cpu", method="index_select", **kw)
+    bag_sum, gathered = roofline.l2_gather_probe("cpu", GatherProbe(method="embedding_bag", **kw))
+    rows, gathered_too = roofline.l2_gather_probe("cpu", GatherProbe(method="index_select", **kw))
     assert gathered == gathered_too == 48 * 256
     out = rows()
     assert out.shape == (48, 64)
     torch.testing.assert_close(bag_sum(), out.reshape(6, 8, 64).sum(1))
     with pytest.raises(ValueError):
-        roofline.l2_gather_probe("cpu", method="gather", **kw)
+        roofline.l2_gather_probe("cpu", GatherProbe(method="gather", **kw))
     with pytest.raises(ValueError):
-        roofline.l2_gather_probe("cpu", buffer_bytes=1024, row_bytes=6)
+        roofline.l2_gather_probe("cpu", GatherProbe(buffer_bytes=1024, row_bytes=6))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
