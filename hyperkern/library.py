@@ -163,7 +163,9 @@ def _(rows, cols, vprime, x, n_out, deterministic, triton):
     return x.new_empty(x.shape[0], n_out, x.shape[2])
 
 
-#: ``dv' (B, P)`` from ``x (b, n_in, c)`` and ``grad_y (b, n_out, c)``.
+#: ``dv'_j = <grad_y[row_j], x[col_j]>`` ``(B, P)`` from ``x (b, n_in, c)`` and ``grad_y
+#: (b, n_out, c)`` (summed over the batch for a shared W): the contraction's gradient in ``v'``
+#: and the sampled dot products of attention scores; differentiable itself.
 contract_dvprime = _launcher_op(
     "contract_dvprime",
     "(Tensor rows, Tensor cols, Tensor x, Tensor grad_y, bool triton) -> Tensor",
@@ -194,6 +196,26 @@ def _contract_grad(ctx, grad_y):
 
 
 contract.register_autograd(_contract_grad, setup_context=_contract_setup)
+
+
+def _dvprime_setup(ctx, inputs, output) -> None:
+    rows, cols, x, grad_y, triton = inputs
+    ctx.save_for_backward(rows, cols, x, grad_y)
+    ctx.triton = triton
+
+
+def _dvprime_grad(ctx, g):
+    rows, cols, x, grad_y = ctx.saved_tensors
+    g = g.contiguous()
+    d_x = d_grad_y = None
+    if ctx.needs_input_grad[2]:  # dx[col_j] += g_j grad_y[row_j]
+        d_x = contract(cols, rows, g, grad_y, x.shape[1], True, ctx.triton)
+    if ctx.needs_input_grad[3]:  # dgrad_y[row_j] += g_j x[col_j]
+        d_grad_y = contract(rows, cols, g, x, grad_y.shape[1], True, ctx.triton)
+    return None, None, d_x, d_grad_y, None
+
+
+contract_dvprime.register_autograd(_dvprime_grad, setup_context=_dvprime_setup)
 
 
 # ---- the sampled W from raw parameters ------------------------------------------------------
@@ -326,5 +348,5 @@ def _no_context(ctx, inputs, output) -> None:
     pass
 
 
-for _op in (sparse_weight_backward, proportions_backward, contract_dvprime):
+for _op in (sparse_weight_backward, proportions_backward):
     _op.register_autograd(_refuse_double_backward(_op._qualname), setup_context=_no_context)
