@@ -10,6 +10,7 @@ import torch
 from hyperkern import library, reference
 from hyperkern._shared import context_count, default_region, resolve_key_kind
 from hyperkern.backend import resolve
+from hyperkern.ops import normalize_rows
 from hyperkern.options import SparseOptions, check_sizes
 from hyperkern.seeds import check_generator, seed_tensor
 from hyperkern.validation import (
@@ -84,6 +85,7 @@ def sparse_layer(
     validate: bool = False,
     eval_mode: str = "round",
     eval_samples: int = 8,
+    normalize: str | None = None,
 ) -> torch.Tensor:
     """Apply a sparse W, given by continuous index tuples, to ``x``.
 
@@ -112,7 +114,7 @@ def sparse_layer(
             where it saves a global sort. The CPU path is always deterministic.
         validate: also check that the parameters are finite (reads a value back to the host,
             so it is off by default; turn it on while debugging).
-        eval_mode, eval_samples: see :class:`hyperkern.options.SparseOptions`.
+        eval_mode, eval_samples, normalize: see :class:`hyperkern.options.SparseOptions`.
 
     Returns:
         ``(b, *out_shape)``.
@@ -126,7 +128,7 @@ def sparse_layer(
         n_local=n_local, n_global=n_global, region=region, sigma_scale=sigma_scale,
         min_sigma=min_sigma, context_size=context_size, chunk_size=chunk_size, backend=backend,
         deterministic=deterministic, validate=validate, eval_mode=eval_mode,
-        eval_samples=eval_samples,
+        eval_samples=eval_samples, normalize=normalize,
     )  # fmt: skip
     return apply(x, means, sigmas, values, out_shape, options, generator, training)
 
@@ -140,7 +142,7 @@ def _sampled_weight(means, sigmas, values, dims, n_out_dims, options, seed, trit
             t.expand(draws, *t.shape).flatten(0, 1) for t in (means, sigmas, values)
         )
     cs = context_count(means.shape[1], options.context_size)[1]
-    rows, cols, vprime, *_ = library.sparse_weight(
+    rows, cols, vprime, _, duplicates, _ = library.sparse_weight(
         means,
         sigmas,
         values,
@@ -157,6 +159,10 @@ def _sampled_weight(means, sigmas, values, dims, n_out_dims, options, seed, trit
         resolve_key_kind(dims) == "cantor",
         triton,
     )
+    if options.normalize:  # per draw, so that the average's rows are normalised too
+        keep = ~duplicates.flatten(1)
+        n_rows = math.prod(dims[:n_out_dims])
+        vprime = normalize_rows(rows, vprime, n_rows, options.normalize, keep)
     if draws > 1:
         rows, cols, vprime = (
             t.view(draws, B, t.shape[1]).transpose(0, 1).reshape(B, draws * t.shape[1])
@@ -193,6 +199,8 @@ def apply(
         points = reference.round_means(reference.transform_means(means, dims), dims)
         rows, cols = reference.flatten_tuples(points.flatten(1, 2), out_shape, x.shape[1:])
         vprime = values
+        if options.normalize:
+            vprime = normalize_rows(rows, vprime, math.prod(out_shape), options.normalize)
     b = x.shape[0]
     dtype = x.dtype if x.dtype == vprime.dtype else torch.promote_types(x.dtype, vprime.dtype)
     y = library.contract(

@@ -193,3 +193,31 @@ def densify(rows: Tensor, cols: Tensor, vprime: Tensor, n_out: int, n_in: int) -
     flat = torch.zeros(B, n_out * n_in, dtype=vprime.dtype, device=vprime.device)
     flat = flat.scatter_add(1, rows * n_in + cols, vprime)
     return flat.reshape(B, n_out, n_in)
+
+
+NORMALIZE_MODES = ("softmax", "sum")
+
+
+def normalize_rows(
+    rows: Tensor, vprime: Tensor, n_rows: int, mode: str = "softmax", keep: Tensor | None = None
+) -> Tensor:
+    """Normalise every row of a sampled W over its own entries: ``(B, P)`` -> ``(B, P)``.
+
+    ``"softmax"``: ``exp(v'_j) / sum_{j' in row} exp(v'_j')``; ``"sum"``: ``v'_j / sum_{j' in
+    row} v'_j'`` (meant for non-negative values; a row that sums to 0 stays 0). ``keep (B, P)``
+    bool leaves entries out (0 afterwards), e.g. the duplicates of a sampled W. Rows are any
+    order; differentiable in ``vprime``. Runs as scatter/gather ops on any device.
+    """
+    if mode not in NORMALIZE_MODES:
+        raise ValueError(f"mode must be one of {NORMALIZE_MODES}, got {mode!r}")
+    B = rows.shape[0]
+    if mode == "sum":
+        entries = vprime if keep is None else vprime.masked_fill(~keep, 0.0)
+        total = vprime.new_zeros(B, n_rows).scatter_add(1, rows, entries).gather(1, rows)
+        return torch.where(total == 0, 0.0, entries / torch.where(total == 0, 1.0, total))
+    scores = vprime if keep is None else vprime.masked_fill(~keep, float("-inf"))
+    top = vprime.new_full((B, n_rows), float("-inf")).scatter_reduce(1, rows, scores, "amax")
+    shift = top.detach().gather(1, rows)  # softmax does not depend on the shift
+    weights = torch.exp(scores - torch.where(torch.isinf(shift), 0.0, shift))
+    total = vprime.new_zeros(B, n_rows).scatter_add(1, rows, weights).gather(1, rows)
+    return torch.where(total > 0, weights / torch.where(total > 0, total, 1.0), 0.0)

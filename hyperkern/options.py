@@ -71,6 +71,9 @@ class SparseOptions:
             fixed seeds: a deterministic estimate of the trained layer's expected W) or
             ``"sample"`` (one draw with a fixed seed).
         eval_samples: draws averaged by ``eval_mode="expected"``.
+        normalize: ``None``, or normalise every row of the sampled W over its own entries:
+            ``"softmax"`` or ``"sum"`` (:func:`hyperkern.ops.normalize_rows`; attention-like
+            layers whose rows are distributions).
     """
 
     n_local: int = 2
@@ -85,6 +88,7 @@ class SparseOptions:
     validate: bool = False
     eval_mode: str = "round"
     eval_samples: int = 8
+    normalize: str | None = None
 
     def __post_init__(self) -> None:
         _check_int("n_local", self.n_local, 0, maximum=MAX_SAMPLES)
@@ -103,6 +107,8 @@ class SparseOptions:
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")
         _check_int("eval_samples", self.eval_samples, 1, maximum=MAX_SAMPLES)
+        if self.normalize not in (None, "softmax", "sum"):
+            raise ValueError(f"normalize must be None, 'softmax' or 'sum', got {self.normalize!r}")
 
     def check_region(self, dims: tuple[int, ...]) -> tuple[int, ...] | None:
         """The region, checked against W's ``dims``."""
