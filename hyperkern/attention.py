@@ -1,5 +1,5 @@
 """Learned sparse self-attention: the sparse hyperlayer as an attention matrix (docs/algorithm.md
-§9), after the original code's ``ASHSelfAttention``.
+§11), after the original code's ``ASHSelfAttention``.
 
 For every head and query position ``i`` a small source network reads ``[x_i, i / t]`` and emits
 ``k`` continuous key positions ``mu`` and widths. The query position is the template row of each

@@ -13,6 +13,7 @@ from hyperkern.backend import resolve
 from hyperkern.ops import normalize_rows
 from hyperkern.options import SparseOptions, check_sizes
 from hyperkern.seeds import check_generator, seed_tensor
+from hyperkern.template import check_template, rounded_tuples, templated_weight
 from hyperkern.validation import (
     check_finite,
     check_index_space,
@@ -30,15 +31,17 @@ def _check_tensors(
     values: torch.Tensor,
     out_shape: object,
     options: SparseOptions,
+    template: torch.Tensor | None = None,
+    learn: Sequence[int] | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | None]:
-    """Validate the tensors against each other; return ``out_shape``, ``dims`` and the region."""
+    """Validate the tensors against each other; return ``out_shape``, ``dims`` and ``learn``
+    (sorted; ``None`` without a template)."""
     check_tensor("x", x, tuple(range(2, 64)))
     out_shape = check_sizes("out_shape", out_shape)
     in_shape = tuple(x.shape[1:])
     if not all(s > 0 for s in in_shape):
         raise ValueError(f"x must be (b, *in_shape) with every in_shape size > 0, got {in_shape}")
     dims = out_shape + in_shape
-    r = len(dims)
     check_tensor("means", means, (2, 3))
     check_tensor("sigmas", sigmas, (1, 2))
     check_tensor("values", values, (1, 2))
@@ -47,22 +50,24 @@ def _check_tensors(
     k = means.shape[-2]
     if k < 1:
         raise ValueError(f"means must hold k >= 1 index tuples, got shape {tuple(means.shape)}")
+    learn = check_template(template, learn, k, dims)
+    r = len(dims) if learn is None else len(learn)
+    what = f"r = len(out_shape) + x.dim() - 1 = {r}" if learn is None else f"r = len(learn) = {r}"
     if means.dim() == 2:
-        check_shape("means", means, (k, r), f"(k, r) with r = len(out_shape) + x.dim() - 1 = {r}")
+        check_shape("means", means, (k, r), f"(k, r) with {what}")
         check_shape("sigmas", sigmas, (k,), "(k,)")
         check_shape("values", values, (k,), "(k,)")
     else:
         b = x.shape[0]
-        meaning = f"(b, k, r) with b = x.shape[0] and r = len(out_shape) + x.dim() - 1 = {r}"
-        check_shape("means", means, (b, k, r), meaning)
+        check_shape("means", means, (b, k, r), f"(b, k, r) with b = x.shape[0] and {what}")
         check_shape("sigmas", sigmas, (b, k), "(b, k)")
         check_shape("values", values, (b, k), "(b, k)")
     check_index_space(dims)
-    region = options.check_region(dims)
+    options.check_region(dims)
     if options.validate:
         for name, t in (("means", means), ("sigmas", sigmas), ("values", values)):
             check_finite(name, t)
-    return out_shape, dims, region
+    return out_shape, dims, learn
 
 
 def sparse_layer(
@@ -86,6 +91,8 @@ def sparse_layer(
     eval_mode: str = "round",
     eval_samples: int = 8,
     normalize: str | None = None,
+    template: torch.Tensor | None = None,
+    learn: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Apply a sparse W, given by continuous index tuples, to ``x``.
 
@@ -115,6 +122,8 @@ def sparse_layer(
         validate: also check that the parameters are finite (reads a value back to the host,
             so it is off by default; turn it on while debugging).
         eval_mode, eval_samples, normalize: see :class:`hyperkern.options.SparseOptions`.
+        template, learn: fixed integer columns ``(k, r)`` int64 and the learned columns; the
+            means are then ``(k, len(learn))`` (:mod:`hyperkern.template`, §9).
 
     Returns:
         ``(b, *out_shape)``.
@@ -130,10 +139,13 @@ def sparse_layer(
         deterministic=deterministic, validate=validate, eval_mode=eval_mode,
         eval_samples=eval_samples, normalize=normalize,
     )  # fmt: skip
-    return apply(x, means, sigmas, values, out_shape, options, generator, training)
+    return apply(x, means, sigmas, values, out_shape, options, generator, training, template, learn)
 
 
-def _sampled_weight(means, sigmas, values, dims, n_out_dims, options, seed, triton, draws=1):
+def _sampled_weight(
+    means, sigmas, values, dims, n_out_dims, options, seed, triton, draws=1, template=None,
+    learn=None,
+):  # fmt: skip
     """``rows, cols, v'`` ``(B, draws * P)`` of ``draws`` independent W per instance, ``v'``
     divided by ``draws`` (their average)."""
     B = means.shape[0]
@@ -141,24 +153,21 @@ def _sampled_weight(means, sigmas, values, dims, n_out_dims, options, seed, trit
         means, sigmas, values = (
             t.expand(draws, *t.shape).flatten(0, 1) for t in (means, sigmas, values)
         )
-    cs = context_count(means.shape[1], options.context_size)[1]
-    rows, cols, vprime, _, duplicates, _ = library.sparse_weight(
-        means,
-        sigmas,
-        values,
-        seed,
-        list(dims),
-        n_out_dims,
-        options.n_local,
-        options.n_global,
-        list(options.region or default_region(dims)),
-        options.sigma_scale,
-        options.min_sigma,
-        cs,
-        min(options.chunk_size or cs, cs),
-        resolve_key_kind(dims) == "cantor",
-        triton,
-    )
+    if template is not None:
+        tuples, vprime, duplicates = templated_weight(
+            means, sigmas, values, seed, template, learn, dims, options, triton
+        )
+        rows, cols = reference.flatten_tuples(
+            tuples.flatten(1, 2), dims[:n_out_dims], dims[n_out_dims:]
+        )
+    else:
+        cs = context_count(means.shape[1], options.context_size)[1]
+        rows, cols, vprime, _, duplicates, _ = library.sparse_weight(
+            means, sigmas, values, seed, list(dims), n_out_dims, options.n_local,
+            options.n_global, list(options.region or default_region(dims)), options.sigma_scale,
+            options.min_sigma, cs, min(options.chunk_size or cs, cs),
+            resolve_key_kind(dims) == "cantor", triton,
+        )  # fmt: skip
     if options.normalize:  # per draw, so that the average's rows are normalised too
         keep = ~duplicates.flatten(1)
         n_rows = math.prod(dims[:n_out_dims])
@@ -181,9 +190,13 @@ def apply(
     options: SparseOptions,
     generator: torch.Generator | int | torch.Tensor | None = None,
     training: bool = True,
+    template: torch.Tensor | None = None,
+    learn: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """:func:`sparse_layer` with its options as one validated :class:`SparseOptions`."""
-    out_shape, dims, _ = _check_tensors(x, means, sigmas, values, out_shape, options)
+    out_shape, dims, learn = _check_tensors(
+        x, means, sigmas, values, out_shape, options, template, learn
+    )
     check_generator(generator)
     triton = resolve(options.backend, x.device)
     shared = means.dim() == 2
@@ -193,10 +206,14 @@ def apply(
         seed = seed_tensor(generator if training else 0, x.device)
         draws = 1 if training or options.eval_mode == "sample" else options.eval_samples
         rows, cols, vprime = _sampled_weight(
-            means, sigmas, values, dims, len(out_shape), options, seed, triton, draws
-        )
+            means, sigmas, values, dims, len(out_shape), options, seed, triton, draws, template,
+            learn,
+        )  # fmt: skip
     else:
-        points = reference.round_means(reference.transform_means(means, dims), dims)
+        if template is None:
+            points = reference.round_means(reference.transform_means(means, dims), dims)
+        else:
+            points = rounded_tuples(means, template, learn, dims)
         rows, cols = reference.flatten_tuples(points.flatten(1, 2), out_shape, x.shape[1:])
         vprime = values
         if options.normalize:

@@ -13,6 +13,7 @@ from hyperkern.functional import apply
 from hyperkern.options import SparseOptions, check_sizes
 from hyperkern.reference import transform_means, transform_sigmas
 from hyperkern.seeds import check_generator, seed_tensor
+from hyperkern.template import check_template
 
 try:  # runs eager Python inside a compiled graph (torch >= 2.10)
     from torch._dynamo.decorators import leaf_function
@@ -51,6 +52,8 @@ class _SparseModule(nn.Module):
         out_shape: Sequence[int] | int,
         k: int,
         generator: torch.Generator | None = None,
+        template: torch.Tensor | None = None,
+        learn: Sequence[int] | None = None,
         **options: object,
     ) -> None:
         super().__init__()
@@ -59,6 +62,8 @@ class _SparseModule(nn.Module):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
         self.k = k
+        self.learn = check_template(template, learn, k, self.dims)
+        self.register_buffer("template", None if template is None else template.clone())
         self.options = SparseOptions(**options)  # type: ignore[arg-type]
         self.options.check_region(self.dims)
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -75,7 +80,13 @@ class _SparseModule(nn.Module):
 
     @property
     def rank(self) -> int:
-        return len(self.dims)
+        """Columns of the means: W's rank, or the learned columns of a template."""
+        return len(self.dims) if self.learn is None else len(self.learn)
+
+    @property
+    def learned_dims(self) -> tuple[int, ...]:
+        """Sizes of the columns the means live in."""
+        return self.dims if self.learn is None else tuple(self.dims[c] for c in self.learn)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
@@ -92,12 +103,14 @@ class _SparseModule(nn.Module):
         if generator is None and self.seed_source is not None and self.training:
             (generator,) = _draw_seed(self.seed_source, x)
         return apply(
-            x, means, sigmas, values, self.out_shape, self.options, generator, self.training
-        )
+            x, means, sigmas, values, self.out_shape, self.options, generator, self.training,
+            self.template, self.learn,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         opts = self.options.describe()
-        return f"in_shape={self.in_shape}, out_shape={self.out_shape}, k={self.k}" + (
+        learn = "" if self.learn is None else f", learn={self.learn}"
+        return f"in_shape={self.in_shape}, out_shape={self.out_shape}, k={self.k}{learn}" + (
             f", {opts}" if opts else ""
         )
 
@@ -130,13 +143,13 @@ class SparseLayer(_SparseModule):
             self.values.normal_(generator=generator)
 
     def index_means(self) -> torch.Tensor:
-        """Means in index space, ``(k, r)``."""
-        return transform_means(self.means, self.dims)
+        """Means in index space, ``(k, r)`` (the learned columns only, with a template)."""
+        return transform_means(self.means, self.learned_dims)
 
     def index_sigmas(self) -> torch.Tensor:
         """Per-column variances in index space, ``(k, r)``."""
         opts = self.options
-        return transform_sigmas(self.sigmas, self.dims, opts.sigma_scale, opts.min_sigma)
+        return transform_sigmas(self.sigmas, self.learned_dims, opts.sigma_scale, opts.min_sigma)
 
     @torch.no_grad()
     def dense_weight(self, eval_mode: str | None = None) -> torch.Tensor:
@@ -154,6 +167,8 @@ class SparseLayer(_SparseModule):
             self.out_shape,
             options,
             training=False,
+            template=self.template,
+            learn=self.learn,
         )
         return y.reshape(n_in, -1).T.reshape(*self.out_shape, *self.in_shape)
 
