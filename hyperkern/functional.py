@@ -166,7 +166,7 @@ def _sampled_weight(
             means, sigmas, values, seed, list(dims), n_out_dims, options.n_local,
             options.n_global, list(options.region or default_region(dims)), options.sigma_scale,
             options.min_sigma, cs, min(options.chunk_size or cs, cs),
-            resolve_key_kind(dims) == "cantor", triton,
+            resolve_key_kind(dims) == "cantor", options.means_transform, triton,
         )  # fmt: skip
     if options.normalize:  # per draw, so that the average's rows are normalised too
         keep = ~duplicates.flatten(1)
@@ -211,9 +211,10 @@ def apply(
         )  # fmt: skip
     else:
         if template is None:
-            points = reference.round_means(reference.transform_means(means, dims), dims)
+            mu = reference.transform_means(means, dims, options.means_transform)
+            points = reference.round_means(mu, dims)
         else:
-            points = rounded_tuples(means, template, learn, dims)
+            points = rounded_tuples(means, template, learn, dims, options.means_transform)
         rows, cols = reference.flatten_tuples(points.flatten(1, 2), out_shape, x.shape[1:])
         vprime = values
         if options.normalize:

@@ -221,20 +221,20 @@ contract_dvprime.register_autograd(_dvprime_grad, setup_context=_dvprime_setup)
 # ---- the sampled W from raw parameters ------------------------------------------------------
 
 
-def _transforms(means, sigmas, dims, sigma_scale, min_sigma):
-    mu = reference.transform_means(means, dims)
+def _transforms(means, sigmas, dims, sigma_scale, min_sigma, transform):
+    mu = reference.transform_means(means, dims, transform)
     sigma = reference.transform_sigmas(sigmas, dims, sigma_scale, min_sigma)
     return mu, sigma
 
 
 def _sparse_weight(
     means, sigmas, values, seed, dims, n_out_dims, n_local, n_global, region, sigma_scale,
-    min_sigma, context_size, chunk_size, cantor, triton,
+    min_sigma, context_size, chunk_size, cantor, transform, triton,
 ):  # fmt: skip
     impl = _impl(triton)
     dtype = means.dtype
     means, sigmas, values = (t.to(compute_dtype(dtype)) for t in (means, sigmas, values))
-    mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma)
+    mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma, transform)
     points, keys, rows, cols = impl.sample(
         mu, seed, dims, n_out_dims, n_local, n_global, region, cantor
     )
@@ -255,7 +255,7 @@ sparse_weight = torch.library.custom_op(
     mutates_args=(),
     schema="(Tensor means, Tensor sigmas, Tensor values, Tensor seed, int[] dims, int n_out_dims, "
     "int n_local, int n_global, int[] region, float sigma_scale, float min_sigma, "
-    "int context_size, int chunk_size, bool cantor, bool triton) "
+    "int context_size, int chunk_size, bool cantor, str transform, bool triton) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
 )
 
@@ -276,19 +276,16 @@ def _(means, sigmas, values, seed, dims, n_out_dims, n_local, n_global, region, 
 
 def _sparse_weight_backward(
     grad_vprime, means, sigmas, values, points, duplicates, lognorm, dims, sigma_scale, min_sigma,
-    context_size, triton,
+    context_size, transform, triton,
 ):  # fmt: skip
     dtype = means.dtype
     means, sigmas, values = (t.to(compute_dtype(dtype)) for t in (means, sigmas, values))
-    mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma)
+    mu, sigma = _transforms(means, sigmas, dims, sigma_scale, min_sigma, transform)
     grad = grad_vprime.reshape(points.shape[:3]).to(mu.dtype)
     dmu, dsigma, dvalues = _impl(triton).proportions_backward(
         grad, points, mu, sigma, values, duplicates, lognorm, context_size
     )
-    s = torch.sigmoid(means)
-    dmeans = (
-        dmu * s * (1 - s) * reference.dims_tensor([d - 1 for d in dims], means.device, mu.dtype)
-    )
+    dmeans = reference.transform_means_grad(dmu, means, dims, transform)
     scale = reference.dims_tensor(dims, sigmas.device, mu.dtype) * sigma_scale
     dsigma = torch.where(sigma > VARIANCE_FLOOR, dsigma, 0.0)  # no gradient below the floor
     dsigmas = (dsigma * scale).sum(-1) * torch.sigmoid(sigmas + 2)
@@ -303,7 +300,7 @@ sparse_weight_backward = torch.library.custom_op(
     mutates_args=(),
     schema="(Tensor grad_vprime, Tensor means, Tensor sigmas, Tensor values, Tensor points, "
     "Tensor duplicates, Tensor lognorm, int[] dims, float sigma_scale, float min_sigma, "
-    "int context_size, bool triton) -> (Tensor, Tensor, Tensor)",
+    "int context_size, str transform, bool triton) -> (Tensor, Tensor, Tensor)",
 )
 
 
@@ -313,22 +310,23 @@ def _(grad_vprime, means, sigmas, values, *_):
 
 
 def _sparse_weight_setup(ctx, inputs, output) -> None:
-    means, sigmas, values, _, dims, _, _, _, _, sigma_scale, min_sigma, cs, _, _, triton = inputs
+    means, sigmas, values, _, dims, _, _, _, _, sigma_scale, min_sigma, cs, *_ = inputs
+    transform, triton = inputs[-2:]
     _, _, _, points, duplicates, lognorm = output
     ctx.save_for_backward(means, sigmas, values, points, duplicates, lognorm)
-    ctx.options = (dims, sigma_scale, min_sigma, cs, triton)
+    ctx.options = (dims, sigma_scale, min_sigma, cs, transform, triton)
     ctx.mark_non_differentiable(*output[:2], *output[3:])
     ctx.set_materialize_grads(False)  # no zero gradients for the five integer/saved outputs
 
 
 def _sparse_weight_grad(ctx, _rows, _cols, grad_vprime, *_):
     if grad_vprime is None:
-        return (None,) * 15
+        return (None,) * 16
     means, sigmas, values, points, duplicates, lognorm = ctx.saved_tensors
     grads = sparse_weight_backward(
         grad_vprime.contiguous(), means, sigmas, values, points, duplicates, lognorm, *ctx.options
     )
-    return (*grads, *[None] * 12)
+    return (*grads, *[None] * 13)
 
 
 sparse_weight.register_autograd(_sparse_weight_grad, setup_context=_sparse_weight_setup)

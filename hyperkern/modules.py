@@ -122,29 +122,60 @@ class SparseLayer(_SparseModule):
     ``forward(x (b, *in_shape), generator=None) -> (b, *out_shape)``. In ``eval()`` mode it
     computes what ``eval_mode`` says (default ``"round"``, the paper's evaluation: means
     rounded, full values); :meth:`dense_weight` shows that W.
+
+    Args (besides the options of :class:`hyperkern.options.SparseOptions`, ``generator``,
+    ``template`` and ``learn``):
+        fix_values: hold every value at 1 (a buffer, not learned), as the original's ``-F``.
+        per_instance: draw one W per instance of the batch instead of one per batch (the
+            original code's semantics; the contraction then runs per instance).
+        bias: ``"none"`` / ``False``, ``"dense"`` / ``True`` (one learned value per output, zero
+            at start) or ``"sparse"`` (a sparse vector of ``bias_k`` learned positions over the
+            output, itself a :class:`SparseLayer` on a constant input).
+        bias_k: means of the sparse bias (default ``max(1, k // 8)``).
     """
 
-    def __init__(self, in_shape, out_shape, k: int, **options) -> None:
+    def __init__(
+        self,
+        in_shape,
+        out_shape,
+        k: int,
+        fix_values: bool = False,
+        per_instance: bool = False,
+        bias: str | bool = "none",
+        bias_k: int | None = None,
+        **options,
+    ) -> None:
         super().__init__(in_shape, out_shape, k, **options)
         self.means = nn.Parameter(torch.empty(k, self.rank))
         self.sigmas = nn.Parameter(torch.empty(k))
-        self.values = nn.Parameter(torch.empty(k))
+        if fix_values:
+            self.register_buffer("values", torch.ones(k))
+        else:
+            self.values = nn.Parameter(torch.empty(k))
+        self.fix_values, self.per_instance = bool(fix_values), bool(per_instance)
+        self.bias, self.sparse_bias = _make_bias(bias, bias_k, k, self.out_shape, self.options)
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Means uniform over W (raw ``logit(U(0.02, 0.98))``), raw sigmas 0, values ``N(0, 1)``.
+        """Means uniform over W (raw ``logit(U(0.02, 0.98))`` for the sigmoid transform,
+        ``U(0, d - 1)`` for the others), raw sigmas 0, values ``N(0, 1)`` (unless fixed).
 
         Uniform spread covers W evenly; ``sigmoid(N(0, 1))`` would crowd means into its centre.
         """
         with torch.no_grad():
             self.means.uniform_(0.02, 0.98, generator=generator)
-            self.means.copy_(torch.logit(self.means))
+            if self.options.means_transform == "sigmoid":
+                self.means.copy_(torch.logit(self.means))
+            else:
+                upper = torch.tensor([d - 1 for d in self.learned_dims], dtype=self.means.dtype)
+                self.means.mul_(upper.to(self.means.device))
             self.sigmas.zero_()
-            self.values.normal_(generator=generator)
+            if not self.fix_values:
+                self.values.normal_(generator=generator)
 
     def index_means(self) -> torch.Tensor:
         """Means in index space, ``(k, r)`` (the learned columns only, with a template)."""
-        return transform_means(self.means, self.learned_dims)
+        return transform_means(self.means, self.learned_dims, self.options.means_transform)
 
     def index_sigmas(self) -> torch.Tensor:
         """Per-column variances in index space, ``(k, r)``."""
@@ -175,7 +206,29 @@ class SparseLayer(_SparseModule):
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | int | None = None
     ) -> torch.Tensor:
-        return self._apply_layer(x, self.means, self.sigmas, self.values, generator)
+        params = (self.means, self.sigmas, self.values)
+        if self.per_instance and self.training:  # one W per instance: the batched path
+            params = tuple(p.expand(x.shape[0], *p.shape) for p in params)
+        y = self._apply_layer(x, *params, generator)
+        if self.bias is not None:
+            y = y + self.bias
+        if self.sparse_bias is not None:
+            y = y + self.sparse_bias(x.new_ones(x.shape[0], 1), generator)
+        return y
+
+
+def _make_bias(bias, bias_k, k, out_shape, options):
+    """``(dense bias parameter or None, sparse bias module or None)`` of a layer."""
+    kind = {True: "dense", False: "none"}.get(bias, bias) if isinstance(bias, bool) else bias
+    if kind not in ("none", "dense", "sparse"):
+        raise ValueError(f"bias must be 'none', 'dense', 'sparse' or a bool, got {bias!r}")
+    if kind == "dense":
+        return nn.Parameter(torch.zeros(out_shape)), None
+    if kind == "sparse":
+        fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+        fields.update(region=None, context_size=None, chunk_size=None, normalize=None)
+        return None, SparseLayer((1,), out_shape, bias_k or max(1, k // 8), **fields)
+    return None, None
 
 
 class SparseHyperLayer(_SparseModule):
@@ -231,18 +284,18 @@ class SparseLinear(SparseLayer):
     ) -> None:
         options.setdefault("eval_mode", "expected")
         options.setdefault("context_size", 128)
-        super().__init__((in_features,), (out_features,), k, **options)
+        super().__init__((in_features,), (out_features,), k, bias=bias, **options)
         self.in_features = in_features
         self.out_features = out_features
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_bias()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Means uniform over W, raw sigmas 0, values ``U(-a, a)``, ``a = 1/sqrt(k / out)``."""
         super().reset_parameters(generator)
         bound = 1 / math.sqrt(max(self.k / self.out_shape[0], 1.0))
-        with torch.no_grad():
-            self.values.uniform_(-bound, bound, generator=generator)
+        if not self.fix_values:
+            with torch.no_grad():
+                self.values.uniform_(-bound, bound, generator=generator)
 
     def reset_bias(self) -> None:
         if self.bias is not None:
@@ -259,12 +312,10 @@ class SparseLinear(SparseLayer):
             )
         lead = x.shape[:-1]
         y = super().forward(x.reshape(-1, self.in_features), generator)
-        if self.bias is not None:
-            y = y + self.bias
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None or self.sparse_bias is not None}"
         )

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from hyperkern.backend import check_backend
+from hyperkern.reference.params import MEANS_TRANSFORMS
 
 EVAL_MODES = ("round", "expected", "sample")
 
@@ -71,6 +72,8 @@ class SparseOptions:
             fixed seeds: a deterministic estimate of the trained layer's expected W) or
             ``"sample"`` (one draw with a fixed seed).
         eval_samples: draws averaged by ``eval_mode="expected"``.
+        means_transform: raw means -> index space: ``"sigmoid"`` (the paper's), ``"clamp"`` or
+            ``"modulo"`` (:func:`hyperkern.reference.transform_means`).
         normalize: ``None``, or normalise every row of the sampled W over its own entries:
             ``"softmax"`` or ``"sum"`` (:func:`hyperkern.ops.normalize_rows`; attention-like
             layers whose rows are distributions).
@@ -89,6 +92,7 @@ class SparseOptions:
     eval_mode: str = "round"
     eval_samples: int = 8
     normalize: str | None = None
+    means_transform: str = "sigmoid"
 
     def __post_init__(self) -> None:
         _check_int("n_local", self.n_local, 0, maximum=MAX_SAMPLES)
@@ -107,6 +111,10 @@ class SparseOptions:
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")
         _check_int("eval_samples", self.eval_samples, 1, maximum=MAX_SAMPLES)
+        if self.means_transform not in MEANS_TRANSFORMS:
+            raise ValueError(
+                f"means_transform must be one of {MEANS_TRANSFORMS}, got {self.means_transform!r}"
+            )
         if self.normalize not in (None, "softmax", "sum"):
             raise ValueError(f"normalize must be None, 'softmax' or 'sum', got {self.normalize!r}")
 

@@ -82,7 +82,7 @@ def templated_weight(
     ``sample``, ``duplicate_mask`` and ``proportions`` ops, on either backend.
     """
     learned_dims = [dims[c] for c in learn]
-    mu = reference.transform_means(means, learned_dims)
+    mu = reference.transform_means(means, learned_dims, options.means_transform)
     sigma = reference.transform_sigmas(sigmas, learned_dims, options.sigma_scale, options.min_sigma)
     region = [options.region[c] for c in learn] if options.region else None
     points, _, _, _ = library.sample(
@@ -100,8 +100,11 @@ def templated_weight(
     return tuples, vprime.flatten(1), duplicates.flatten(1)
 
 
-def rounded_tuples(means: Tensor, template: Tensor, learn: tuple[int, ...], dims) -> Tensor:
+def rounded_tuples(
+    means: Tensor, template: Tensor, learn: tuple[int, ...], dims, transform: str = "sigmoid"
+) -> Tensor:
     """Eval-mode tuples ``(B, k, 1, r)``: the learned columns rounded, the rest the template."""
     learned_dims = [dims[c] for c in learn]
-    rounded = reference.round_means(reference.transform_means(means, learned_dims), learned_dims)
+    mu = reference.transform_means(means, learned_dims, transform)
+    rounded = reference.round_means(mu, learned_dims)
     return fill(template, rounded, learn)

@@ -19,7 +19,13 @@ from .keys import (
     resolve_key_kind,
     tuple_keys,
 )
-from .params import dims_tensor, transform_means, transform_sigmas
+from .params import (
+    MEANS_TRANSFORMS,
+    dims_tensor,
+    transform_means,
+    transform_means_grad,
+    transform_sigmas,
+)
 from .proportions import (
     log_densities,
     point_values,
@@ -60,6 +66,8 @@ __all__ = [
     "samples_per_mean",
     "to_contexts",
     "transform_means",
+    "transform_means_grad",
+    "MEANS_TRANSFORMS",
     "transform_sigmas",
     "tuple_keys",
 ]

@@ -17,10 +17,39 @@ def dims_tensor(
     return constant(dims, device, dtype)
 
 
-def transform_means(means_raw: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
-    """``(..., k, r)`` raw means -> ``mu = sigmoid(means_raw) * (dims - 1)``, same shape."""
-    scale = dims_tensor([d - 1 for d in dims], means_raw.device, means_raw.dtype)
-    return torch.sigmoid(means_raw) * scale
+MEANS_TRANSFORMS = ("sigmoid", "clamp", "modulo")
+
+
+def transform_means(
+    means_raw: torch.Tensor, dims: Sequence[int], transform: str = "sigmoid"
+) -> torch.Tensor:
+    """``(..., k, r)`` raw means -> index space ``[0, dims - 1]``, same shape.
+
+    ``"sigmoid"``: ``sigmoid(raw) (dims - 1)`` (the paper's); ``"clamp"``: ``raw`` clamped into
+    ``[0, dims - 1]`` (raw means are indices; no gradient outside); ``"modulo"``: ``raw`` modulo
+    ``dims - 1`` (wraps around; gradient 1 everywhere).
+    """
+    upper = dims_tensor([d - 1 for d in dims], means_raw.device, means_raw.dtype)
+    if transform == "sigmoid":
+        return torch.sigmoid(means_raw) * upper
+    if transform == "clamp":
+        return torch.minimum(means_raw.clamp(min=0), upper)
+    if transform == "modulo":
+        return torch.remainder(means_raw, upper.clamp(min=1))
+    raise ValueError(f"transform must be one of {MEANS_TRANSFORMS}, got {transform!r}")
+
+
+def transform_means_grad(
+    dmu: torch.Tensor, means_raw: torch.Tensor, dims: Sequence[int], transform: str = "sigmoid"
+) -> torch.Tensor:
+    """Chain rule through :func:`transform_means`: ``dL/dmu`` -> ``dL/dmeans_raw``."""
+    upper = dims_tensor([d - 1 for d in dims], means_raw.device, dmu.dtype)
+    if transform == "sigmoid":
+        s = torch.sigmoid(means_raw)
+        return dmu * s * (1 - s) * upper
+    if transform == "clamp":
+        return torch.where((means_raw >= 0) & (means_raw <= upper), dmu, 0.0)
+    return dmu
 
 
 def transform_sigmas(
