@@ -57,7 +57,7 @@ class _SparseModule(nn.Module):
         **options: object,
     ) -> None:
         super().__init__()
-        self.in_shape = check_sizes("in_shape", in_shape)
+        self.in_shape = check_sizes("in_shape", in_shape, free=True)
         self.out_shape = check_sizes("out_shape", out_shape)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
@@ -86,12 +86,22 @@ class _SparseModule(nn.Module):
     @property
     def learned_dims(self) -> tuple[int, ...]:
         """Sizes of the columns the means live in."""
-        return self.dims if self.learn is None else tuple(self.dims[c] for c in self.learn)
+        dims = self.dims if self.learn is None else tuple(self.dims[c] for c in self.learn)
+        if None in dims:
+            raise ValueError(
+                f"in_shape {self.in_shape} has free sizes (None): index-space means need an "
+                "input size; call the layer, or use a fixed in_shape"
+            )
+        return dims
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 1 + len(self.in_shape) or tuple(x.shape[1:]) != self.in_shape:
+        given = tuple(x.shape[1:])
+        fixed = len(given) == len(self.in_shape) and all(
+            s is None or s == g for s, g in zip(self.in_shape, given, strict=True)
+        )
+        if x.dim() != 1 + len(self.in_shape) or not fixed or 0 in given:
             raise ValueError(
                 f"x must have shape (b, *in_shape) = (b, {', '.join(map(str, self.in_shape))}), "
                 f"got {tuple(x.shape)}"
@@ -164,7 +174,7 @@ class SparseLayer(_SparseModule):
         """
         with torch.no_grad():
             self.means.uniform_(0.02, 0.98, generator=generator)
-            if self.options.means_transform == "sigmoid":
+            if self.options.means_transform == "sigmoid":  # scale-free: any input size
                 self.means.copy_(torch.logit(self.means))
             else:
                 upper = torch.tensor([d - 1 for d in self.learned_dims], dtype=self.means.dtype)
@@ -183,15 +193,21 @@ class SparseLayer(_SparseModule):
         return transform_sigmas(self.sigmas, self.learned_dims, opts.sigma_scale, opts.min_sigma)
 
     @torch.no_grad()
-    def dense_weight(self, eval_mode: str | None = None) -> torch.Tensor:
+    def dense_weight(
+        self, eval_mode: str | None = None, in_shape: Sequence[int] | None = None
+    ) -> torch.Tensor:
         """The dense W ``(*out_shape, *in_shape)`` that ``eval()`` applies (``eval_mode``:
-        ``"round"``, ``"expected"`` or ``"sample"``; default the module's). Builds W column by
+        ``"round"``, ``"expected"`` or ``"sample"``; default the module's) to inputs of
+        ``in_shape`` (default the module's; needed where it has free sizes). Builds W column by
         column from the identity, so it costs one eval call on ``prod(in_shape)`` inputs."""
         options = dataclasses.replace(self.options, eval_mode=eval_mode or self.options.eval_mode)
-        n_in = math.prod(self.in_shape)
+        in_shape = tuple(in_shape or self.in_shape)
+        if None in in_shape:
+            raise ValueError(f"in_shape {in_shape} has free sizes: pass dense_weight(in_shape=...)")
+        n_in = math.prod(in_shape)
         eye = torch.eye(n_in, dtype=self.means.dtype, device=self.means.device)
         y = apply(
-            eye.reshape(n_in, *self.in_shape),
+            eye.reshape(n_in, *in_shape),
             self.means,
             self.sigmas,
             self.values,
@@ -201,7 +217,7 @@ class SparseLayer(_SparseModule):
             template=self.template,
             learn=self.learn,
         )
-        return y.reshape(n_in, -1).T.reshape(*self.out_shape, *self.in_shape)
+        return y.reshape(n_in, -1).T.reshape(*self.out_shape, *in_shape)
 
     def forward(
         self, x: torch.Tensor, generator: torch.Generator | int | None = None

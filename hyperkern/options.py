@@ -40,17 +40,20 @@ def _check_real(name: str, value: object, positive: bool) -> float:
     return float(value)
 
 
-def check_sizes(name: str, sizes: object) -> tuple[int, ...]:
-    """A non-empty tuple of positive ints (an int is a 1-tuple); bools are not ints."""
+def check_sizes(name: str, sizes: object, free: bool = False) -> tuple[int, ...]:
+    """A non-empty tuple of positive ints (an int is a 1-tuple); bools are not ints. With
+    ``free``, ``None`` entries (a size given by each call's input) are allowed too."""
     if isinstance(sizes, int) and not isinstance(sizes, bool):
         sizes = (sizes,)
     if not isinstance(sizes, Sequence):
         raise TypeError(f"{name} must be a sequence of ints, got {sizes!r}")
     sizes = tuple(sizes)
     if not sizes or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+        (free and s is None) or (isinstance(s, int) and not isinstance(s, bool) and s > 0)
+        for s in sizes
     ):
-        raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {sizes}")
+        kind = "positive ints or None" if free else "positive ints"
+        raise ValueError(f"{name} must be a non-empty sequence of {kind}, got {sizes}")
     return sizes
 
 
@@ -127,7 +130,7 @@ class SparseOptions:
                 f"region must have one size per dimension of W ({len(dims)}), got {self.region}"
             )
         for d, (size, dim) in enumerate(zip(self.region, dims, strict=True)):
-            if size > dim:
+            if dim is not None and size > dim:
                 raise ValueError(
                     f"region[{d}]={size} is larger than W's dimension {d} of size {dim}"
                 )

@@ -47,7 +47,8 @@ def check_template(
     if not columns or len(columns) != len(learn) or not all(0 <= c < r for c in columns):
         raise ValueError(f"learn must be distinct columns in [0, {r}), got {tuple(learn)}")
     for c in range(r):
-        if c not in columns and bool(((template[:, c] < 0) | (template[:, c] >= dims[c])).any()):
+        upper = dims[c] if dims[c] is not None else torch.iinfo(torch.int64).max
+        if c not in columns and bool(((template[:, c] < 0) | (template[:, c] >= upper)).any()):
             raise ValueError(f"template column {c} must lie in [0, {dims[c]})")
     return columns
 

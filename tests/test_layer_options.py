@@ -92,3 +92,23 @@ def test_layers_train_with_other_transforms(backend, transform):
     assert torch.isfinite(layer.means.grad).all() and layer.means.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="means_transform"):
         hyperkern.SparseLayer((12,), (6,), k=7, means_transform="tanh")
+
+
+@grid(backend=BACKENDS)
+def test_free_input_sizes_change_between_calls(backend):
+    """``None`` in ``in_shape``: the size comes from each call's input; sigmoid means are
+    fractions of W, so one layer serves 9- and 30-wide inputs."""
+    torch.manual_seed(0)
+    layer = hyperkern.SparseLayer((None,), (4,), k=6, backend=backend)
+    for n in (9, 30):
+        y = layer(torch.randn(2, n), generator=1)
+        assert y.shape == (2, 4) and torch.isfinite(y).all()
+    layer.eval()
+    w = layer.dense_weight(in_shape=(30,))
+    assert_close(layer(torch.eye(30)).T, w)
+    with pytest.raises(ValueError, match="free sizes"):
+        layer.dense_weight()
+    with pytest.raises(ValueError, match="x must have shape"):
+        layer(torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match="free sizes"):
+        hyperkern.SparseLayer((None,), (4,), k=6, means_transform="clamp")
