@@ -220,17 +220,17 @@ def contraction_setup(
     return fn, inputs, options
 
 
-def triton_or_skip(name: str, device: torch.device) -> Callable:
-    """The op ``hyperkern.ops.<name>`` on its Triton implementation; skips the benchmark
-    without a CUDA device. On CUDA a missing op raises (a benchmark must not hide a missing
-    feature)."""
+def triton_or_skip(name: str, device: torch.device, **options) -> Callable:
+    """The op ``hyperkern.ops.<name>`` on its Triton implementation (with ``options``); skips
+    the benchmark without a CUDA device. On CUDA a missing op raises (a benchmark must not hide
+    a missing feature)."""
     if device.type != "cuda":
         pytest.skip("needs CUDA")
     import functools
 
     from hyperkern import ops
 
-    return functools.partial(getattr(ops, name), backend="triton")
+    return functools.partial(getattr(ops, name), backend="triton", **options)
 
 
 def fits_or_skip(nbytes: int, device: torch.device, what: str) -> None:

@@ -180,11 +180,12 @@ LAYER_PEERS: dict[str, dict[str, Callable]] = {
 
 
 def contraction_fn(impl: str, device: torch.device) -> Callable:
-    """The contraction called ``impl``: triton, torch, index_add, coo or csr."""
-    if impl == "triton":
+    """The contraction called ``impl``: triton (segment-reduced, deterministic), triton_atomic
+    (``deterministic=False``: atomic adds, no sort), torch, index_add, coo or csr."""
+    if impl in ("triton", "triton_atomic"):
         from measure import triton_or_skip
 
-        return triton_or_skip("contract", device)
+        return triton_or_skip("contract", device, deterministic=impl == "triton")
     table = {"torch": reference.contract, "index_add": index_add_contract, "coo": coo_contract,
              "csr": csr_contract}  # fmt: skip
     return table[impl]

@@ -15,7 +15,7 @@ from sweeps import total_nonzeros
 from hyperkern import reference
 
 HK_GROUP = "contract_forward_backward"
-IMPLS = ["triton", "torch", "index_add", "coo", "csr"]
+IMPLS = ["triton", "triton_atomic", "torch", "index_add", "coo", "csr"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

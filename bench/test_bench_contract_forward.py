@@ -18,7 +18,7 @@ from sweeps import bandwidth_bytes, total_nonzeros
 from hyperkern import reference
 
 HK_GROUP = "contract_forward"
-IMPLS = ["triton", "torch", "index_add", "coo", "csr"]
+IMPLS = ["triton", "triton_atomic", "torch", "index_add", "coo", "csr"]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
