@@ -1,5 +1,7 @@
 """Attention experiment: glimpse geometry, one connection per output pixel, CLI smoke + resume."""
 
+import json
+
 import torch
 
 from bench.experiments.__main__ import main
@@ -101,7 +103,10 @@ def test_smoke_glimpse_and_convnet_loss_falls(tmp_path):
                        "--cache-dir", str(tmp_path / "cache"), "--out", str(out)])  # fmt: skip
         losses = [float(r["train_loss"]) for r in read_csv(out / "log.csv") if r["train_loss"]]
         assert len(losses) == 6 and losses[-1] < (1 - drop) * losses[0], (model, losses)
-        assert result["finished"] and 0.0 <= result["final_test_error"] <= 1.0
+        assert result["finished"] and result["steps"] == 24
+        assert 0.0 <= result["metrics"]["test_error"] <= 1.0
+        assert result["config"]["model"] == model and result["config"]["test_size"] == 32
+        assert json.loads((out / "results.json").read_text()) == result
         assert (out / "test_error.png").stat().st_size > 0
     assert (tmp_path / "glimpse8" / "glimpses.png").stat().st_size > 0
 
@@ -117,3 +122,22 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert a["step"] == b["step"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_time_steps_with_bf16_projects_the_configured_run(tmp_path):
+    report = main(["attention", "--model", "glimpse8", *SMOKE, "--epochs", "5", "--bf16",
+                   "--time-steps", "2", "--cache-dir", str(tmp_path / "c"),
+                   "--out", str(tmp_path / "t")])  # fmt: skip
+    assert report["total_steps"] == 5 * 4 and report["seconds_per_step"] > 0
+    assert report["projected_eval_s"] > 0 and report["config"]["bf16"] is True
+    assert (tmp_path / "t" / "timing.json").exists()
+    assert not (tmp_path / "t" / "checkpoint.pt").exists()
+
+
+def test_bf16_keeps_the_sparse_part_in_float32():
+    net = _net()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net.glimpse(torch.rand(2, 1, CANVAS, CANVAS), generator=torch.Generator())
+        logits = net.classifier(out.flatten(1))
+    assert out.dtype == torch.float32 and logits.dtype == torch.bfloat16
+    assert net.last_means.dtype == torch.float32

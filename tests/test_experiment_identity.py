@@ -1,11 +1,12 @@
-"""Identity experiment: the CLI smoke run (loss falls), resume, and the REINFORCE baseline."""
+"""Identity experiment: the CLI smoke run (loss falls), resume, fixed values, timing and the
+REINFORCE baseline."""
 
 import json
 
 import torch
 
 from bench.experiments.__main__ import main
-from bench.experiments.common import read_csv
+from bench.experiments.common import RESULT_KEYS, read_csv
 from bench.experiments.identity import (
     PAPER_SETTINGS,
     ReinforceIdentity,
@@ -33,7 +34,7 @@ def test_paper_settings():
 def test_smoke_sparse_and_reinforce_loss_falls(tmp_path):
     out = tmp_path / "id"
     result = main([
-        "identity", "--sizes", "6", "--method", "both", "--iterations", "240",
+        "identity", "--sizes", "6", "--method", "both", "--iterations", "240", "--recipe", "paper",
         "--eval-every", "60", "--eval-size", "256", "--snapshots", "0", "120",
         "--lr", "0.02", "--reinforce-lr", "0.01", "--out", str(out), "--no-progress", "--seed", "1",
     ])  # fmt: skip
@@ -41,22 +42,27 @@ def test_smoke_sparse_and_reinforce_loss_falls(tmp_path):
         losses = _train_losses(out / name / "log.csv")
         assert len(losses) == 4
         assert losses[-1] < 0.8 * losses[0], (name, losses)
-        assert result[name]["finished"] and result[name]["iterations_done"] == 240
+        assert result[name]["finished"] and result[name]["steps"] == 240
         assert (out / name / "means.png").stat().st_size > 0
         assert len(torch.load(out / name / "snapshots.pt", weights_only=False)) == 2
+        saved = json.loads((out / name / "results.json").read_text())
+        assert tuple(saved) == RESULT_KEYS and saved == result[name]
+        assert saved["experiment"] == "identity" and saved["config"]["size"] == 6
+        assert saved["metrics"]["eval_mse"] == float(
+            read_csv(out / name / "log.csv")[-1]["eval_loss"]
+        )
     assert (out / "loss.png").stat().st_size > 0
-    assert json.loads((out / "results.json").read_text()).keys() == result.keys()
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
     common = ["--sizes", "5", "--eval-every", "10", "--eval-size", "64", "--no-progress",
-              "--snapshots"]  # fmt: skip
+              "--recipe", "paper", "--snapshots"]  # fmt: skip
     main(["identity", *common, "--iterations", "30", "--out", str(tmp_path / "a")])
     main(["identity", *common, "--iterations", "10", "--out", str(tmp_path / "b")])
     main(["identity", *common, "--iterations", "30", "--out", str(tmp_path / "b"), "--resume"])
     a = torch.load(tmp_path / "a" / "sparse-n5" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "sparse-n5" / "checkpoint.pt", weights_only=False)
-    assert a["iteration"] == b["iteration"] == 30
+    assert a["step"] == b["step"] == 30
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     rows_a = read_csv(tmp_path / "a" / "sparse-n5" / "log.csv")
@@ -70,7 +76,39 @@ def test_time_limit_stops_and_says_unfinished(tmp_path):
         "--eval-size", "32", "--out", str(tmp_path), "--no-progress", "--snapshots",
     ])  # fmt: skip
     assert result["sparse-n4"]["finished"] is False
-    assert result["sparse-n4"]["iterations_done"] == 1
+    assert result["sparse-n4"]["steps"] == 1
+
+
+def test_fix_values_holds_every_value_at_one(tmp_path):
+    """--fix-values (the original code's -F): values 1 and frozen, k = n, no penalty and no
+    values-only phase; the means still learn. Both methods."""
+    result = main([
+        "identity", "--sizes", "4", "--method", "both", "--fix-values", "--iterations", "40",
+        "--eval-every", "20", "--eval-size", "64", "--snapshots", "--out", str(tmp_path),
+        "--no-progress",
+    ])  # fmt: skip
+    for name in ("sparse-n4", "reinforce-n4"):
+        config = result[name]["config"]
+        assert config["fix_values"] and config["k"] == 4, config
+        assert config["finetune_steps"] == 0 and config["neg_penalty"] == 0.0
+        assert result[name]["steps"] == 40
+        state = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+        assert torch.equal(state["model"]["values"], torch.ones(4))
+        assert len(state["optimizer"]["param_groups"][0]["params"]) == 2  # means and sigmas
+        assert state["optimizer"]["state"][0]["step"] == 40  # the means did learn
+
+
+def test_time_steps_measures_without_training(tmp_path):
+    report = main([
+        "identity", "--sizes", "4", "--recipe", "paper", "--time-steps", "3", "--eval-size", "32",
+        "--out", str(tmp_path), "--no-progress",
+    ])["sparse-n4"]  # fmt: skip
+    assert report["seconds_per_step"] > 0 and report["timed_steps"] == 3
+    assert report["total_steps"] == settings_for(4)[3]
+    assert report["projected_wall_s"] >= report["seconds_per_step"] * report["total_steps"]
+    saved = json.loads((tmp_path / "sparse-n4" / "timing.json").read_text())
+    assert saved["seconds_per_step"] == report["seconds_per_step"]
+    assert not (tmp_path / "sparse-n4" / "checkpoint.pt").exists()
 
 
 def test_reinforce_model_builds_w_from_tuples_and_rounds_in_eval():
@@ -110,13 +148,14 @@ def test_improved_recipe_fits_small_identity_with_means_rounded(tmp_path):
     """The demo's recipe (k = 2n, negative-value penalty, values fine-tuned with means rounded)
     on n = 4: the rounded evaluation, the paper's metric, gets well below W = 0's 1.0."""
     result = main([
-        "identity", "--sizes", "4", "--recipe", "improved", "--iterations", "600",
+        "identity", "--sizes", "4", "--iterations", "600",
         "--finetune-steps", "200", "--eval-every", "300", "--eval-size", "512", "--snapshots",
         "--out", str(tmp_path), "--no-progress", "--seed", "0",
     ])["sparse-n4"]  # fmt: skip
-    assert result["k"] == 8 and result["neg_penalty"] == 1.0 and result["recipe"] == "improved"
-    assert result["iterations_done"] == 800  # 600 sampled + 200 values-only
+    config, metrics = result["config"], result["metrics"]
+    assert config["k"] == 8 and config["neg_penalty"] == 1.0 and config["recipe"] == "improved"
+    assert result["steps"] == 800  # 600 sampled + 200 values-only
     rows = read_csv(tmp_path / "sparse-n4" / "log.csv")
     assert [int(r["iteration"]) for r in rows if r["eval_loss"]] == [0, 300, 600, 800]
-    assert result["final_eval_loss"] < 0.25 * result["initial_eval_loss"]
-    assert result["final_eval_loss"] < 0.05  # one uncovered diagonal entry alone costs 0.25
+    assert metrics["eval_mse"] < 0.25 * metrics["initial_eval_mse"]
+    assert metrics["eval_mse"] < 0.05  # one uncovered diagonal entry alone costs 0.25

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -71,7 +73,9 @@ def test_runs_end_to_end_and_loss_falls(tmp_path):
             "64",
         )
     )
-    assert result["finished"] and result["step"] == 100
+    assert result["finished"] and result["steps"] == 100
+    assert result["config"]["recipe"] == "improved" and result["config"]["key_net"] == "mlp"
+    assert json.loads((out / "results.json").read_text()) == result
     for name in (
         "log.csv",
         "checkpoint.pt",
@@ -87,18 +91,20 @@ def test_runs_end_to_end_and_loss_falls(tmp_path):
     test_losses = [float(r["test_loss"]) for r in evals]
     assert test_losses[-1] < 0.85 * test_losses[0], test_losses
     assert float(evals[-1]["error"]) < float(evals[0]["error"]) - 0.15
-    assert result["error"] == pytest.approx(float(evals[-1]["error"]))
+    metrics = result["metrics"]
+    assert metrics["error"] == pytest.approx(float(evals[-1]["error"]))
+    assert metrics["exact_match"] == pytest.approx(1 - metrics["error"])
+    assert 0.0 <= metrics["elementwise"] <= 1.0
 
 
 def test_resume_continues_exactly(tmp_path):
     # the paper's ConvNet key network (batch norm included) and the intermediate loss
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run(_args(straight, "--iterations", "4", "--eval-every", "2", "--intermediate"))
-    run(_args(split, "--iterations", "2", "--eval-every", "2", "--intermediate"))
-    resumed = run(
-        _args(split, "--iterations", "4", "--eval-every", "2", "--intermediate", "--resume")
-    )
-    assert resumed["step"] == 4
+    paper = ["--eval-every", "2", "--intermediate", "--recipe", "paper", "--lr", "1e-3"]
+    run(_args(straight, "--iterations", "4", *paper))
+    run(_args(split, "--iterations", "2", *paper))
+    resumed = run(_args(split, "--iterations", "4", *paper, "--resume"))
+    assert resumed["steps"] == 4 and resumed["config"]["key_net"] == "convnet"
     assert _losses(split) == _losses(straight)
 
 
@@ -118,8 +124,10 @@ def test_non_power_of_two_sets_train_at_the_next_power(tmp_path):
             "--intermediate",
         )
     )
-    assert result["n"] == 3 and result["train_size"] == 4 and result["digits"] == 1
-    assert 0.0 <= result["per_element_accuracy"] <= 1.0 and result["test_loss"] == ""
+    config, metrics = result["config"], result["metrics"]
+    assert config["size"] == 3 and config["train_size"] == 4 and config["digits"] == 1
+    assert config["protocol"] == "neuralsort"
+    assert 0.0 <= metrics["elementwise"] <= 1.0 and metrics["test_loss"] is None
     assert all(torch.isfinite(torch.tensor(_losses(out))))
 
 
@@ -159,3 +167,13 @@ def test_bad_arguments_raise(tmp_path):
         run(_args(tmp_path, "--size", "1", "--iterations", "1"))
     with pytest.raises(ValueError, match="train-size"):
         run(_args(tmp_path, "--size", "5", "--train-size", "6", "--iterations", "1"))
+
+
+def test_time_steps_and_max_minutes_alias(tmp_path):
+    report = run(_args(tmp_path / "t", "--iterations", "500", "--eval-every", "100",
+                       "--time-steps", "2"))  # fmt: skip
+    assert report["total_steps"] == 500 and report["seconds_per_step"] > 0
+    assert report["projected_eval_s"] > 0 and (tmp_path / "t" / "timing.json").exists()
+    result = run(_args(tmp_path / "m", "--iterations", "1000", "--max-minutes", "0"))
+    assert result["steps"] == 1 and not result["finished"]
+    assert result["config"]["time_limit"] == 0.0

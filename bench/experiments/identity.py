@@ -1,21 +1,21 @@
 """Identity experiment (paper section 3.1, Fig. 2 and 3): learn ``W x = x`` with a sparse layer.
 
-Inputs ``x ~ N(0, I_n)``, loss ``MSE(W x, x)``, batch 64, Adam. Evaluation: means rounded (the
-layer in ``eval()`` mode), loss over ``--eval-size`` (10 000) fresh vectors. The REINFORCE
-baseline parametrises W the same way (means, sigmas, values) but, each iteration, draws one
-continuous point per tuple from ``N(mu, diag(sigma))``, rounds it to an integer tuple, builds W
-from those tuples and estimates the means' and sigmas' gradient with REINFORCE (the values get
-their ordinary gradient). As in the original code, each instance of the batch draws its own W and
-its own loss weighs its own log-probability (no variance-reducing baseline).
+Inputs ``x ~ N(0, I_n)`` drawn on the device, loss ``MSE(W x, x)``, batch 64, Adam.
+Evaluation: means rounded (the layer in ``eval()`` mode), loss over ``--eval-size`` (10 000)
+fresh vectors. The REINFORCE baseline parametrises W the same way (means, sigmas, values) but,
+each iteration, draws one continuous point per tuple from ``N(mu, diag(sigma))``, rounds it to
+an integer tuple, builds W from those tuples and estimates the means' and sigmas' gradient with
+REINFORCE (the values get their ordinary gradient). As in the original code, each instance of the
+batch draws its own W and its own loss weighs its own log-probability (no variance-reducing
+baseline). ``--fix-values`` holds every value at 1 (the original code's ``-F``).
 
 Outputs under ``--out``: per run ``<method>-n<size>/`` with ``log.csv``, ``checkpoint.pt``,
-``snapshots.pt`` and ``means.png`` (Fig. 3), plus ``loss.png`` (Fig. 2) and ``results.json``.
+``snapshots.pt``, ``means.png`` (Fig. 3) and ``results.json``, plus ``loss.png`` (Fig. 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -24,17 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.experiments.common import (
-    CSVLogger,
-    load_checkpoint,
-    plot_curves,
-    progress,
-    read_csv,
-    resolve_device,
-    save_checkpoint,
-    seed_everything,
-)
+from bench.experiments import common
 from hyperkern.demo import finetune_values, negative_value_penalty
+from hyperkern.seeds import seed_tensor
 
 # size -> (lr, n_local, n_global, iterations); 8..64 from the paper's appendix (iterations for
 # 8, 16, 32 from Fig. 2's caption); 64's iteration count and everything above 64 are our choice,
@@ -49,6 +41,27 @@ PAPER_SETTINGS: dict[int, tuple[float, int, int, int]] = {
     1024: (0.001, 2, 17, 100_000),
 }
 SNAPSHOTS = (0, 1_000, 5_000, 9_000, 13_000)
+IMPROVED = dict(k_per_n=2, neg_penalty=1.0, finetune_steps=1_000)
+
+
+def improved_schedule(size: int) -> tuple[float, int]:
+    """``(lr, sampled iterations)`` of the improved recipe: lr 0.03 and 5 000 iterations up to
+    n = 32; from n = 64 lr 0.03 is unstable, lr 0.01 and 15 000 iterations converged at 64."""
+    return (0.03, 5_000) if size <= 32 else (0.01, 15_000)
+
+
+EPILOG = """recipes (--recipe; explicit flags override either):
+  improved (default)  the recipe that reaches the paper's Fig. 2 result in our runs (rounded
+                      eval MSE ~ 0 at n = 8..64, bench/EXPERIMENTS.md section 1): k = 2n means,
+                      Adam lr 0.03 for 5 000 iterations (n <= 32) or lr 0.01 for 15 000 (n >= 64),
+                      penalty sum(relu(-values)**2) (weight 1), then 1 000 values-only steps with
+                      the means rounded. Sampling (a_l, a_g, region) as in the paper.
+  paper               the paper's appendix: k = n, lr 0.005 (0.001 from n = 64), 10 000 / 20 000 /
+                      40 000 / 80 000 iterations for n = 8 / 16 / 32 / 64; it reproduces the
+                      paper's setting, not (in our runs) its result.
+  --fix-values        values held at 1, not learned (the original code's -F); with it k = n,
+                      no penalty and no values-only phase unless given explicitly.
+REINFORCE (--method reinforce) always uses the paper's settings and --reinforce-lr."""
 
 
 def settings_for(size: int) -> tuple[float, int, int, int]:
@@ -60,14 +73,18 @@ def settings_for(size: int) -> tuple[float, int, int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Identity-specific flags (the dispatcher adds seed, device, out, resume, eval-every)."""
+    """Identity-specific flags (the dispatcher adds the common ones)."""
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32], help="sizes n")
     parser.add_argument(
         "--method", choices=["sparse", "reinforce", "both"], default="sparse", help="model(s)"
     )
-    parser.add_argument("--iterations", type=int, default=None, help="per size (paper default)")
+    parser.add_argument(
+        "--recipe", choices=["improved", "paper"], default="improved",
+        help="training recipe (see below)",
+    )  # fmt: skip
+    parser.add_argument("--iterations", type=int, default=None, help="per size (recipe)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=None, help="sparse lr (paper default)")
+    parser.add_argument("--lr", type=float, default=None, help="sparse lr (recipe)")
     parser.add_argument("--reinforce-lr", type=float, default=0.001, help="REINFORCE lr")
     parser.add_argument("--n-local", type=int, default=None, help="a_l (paper default)")
     parser.add_argument("--n-global", type=int, default=None, help="a_g (paper default)")
@@ -79,27 +96,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--snapshots", type=int, nargs="*", default=list(SNAPSHOTS), help="Fig. 3 iterations"
     )
+    parser.add_argument("--k", type=int, default=None, help="means (paper: n, improved: 2n)")
     parser.add_argument(
-        "--time-limit", type=float, default=None, help="stop (checkpointed) after this many s"
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument(
-        "--recipe", choices=["paper", "improved"], default="paper",
-        help="improved: k = 2n, lr 0.03, 5000 iterations, --neg-penalty 1, --finetune-steps 1000 "
-        "(the demo's recipe; explicit flags override it)",
+        "--fix-values", action="store_true",
+        help="values fixed to 1, not learned (the original code's -F)",
     )  # fmt: skip
-    parser.add_argument("--k", type=int, default=None, help="means (paper: n)")
     parser.add_argument(
         "--neg-penalty", type=float, default=None,
-        help="weight of sum(relu(-values)**2) added to the sparse loss (paper: 0)",
+        help="weight of sum(relu(-values)**2) added to the sparse loss (paper 0, improved 1)",
     )  # fmt: skip
     parser.add_argument(
         "--finetune-steps", type=int, default=None,
-        help="sparse only: values-only Adam steps (lr 0.01) with means rounded, after training",
+        help="sparse only: values-only Adam steps (lr 0.01) with means rounded, after training "
+        "(paper 0, improved 1000)",
     )  # fmt: skip
 
 
-IMPROVED = dict(k_per_n=2, lr=0.03, iterations=5_000, neg_penalty=1.0, finetune_steps=1_000)
+def _pick(given, default):
+    return default if given is None else given
+
+
+def resolve_settings(args: argparse.Namespace, method: str, size: int) -> dict:
+    """Every setting of one (method, size) run: the recipe's, overridden by explicit flags."""
+    lr, n_local, n_global, iterations = settings_for(size)
+    improved = args.recipe == "improved" and method == "sparse" and not args.fix_values
+    k, neg_penalty, finetune_steps = size, 0.0, 0
+    if improved:
+        lr, iterations = improved_schedule(size)
+        k, neg_penalty = IMPROVED["k_per_n"] * size, IMPROVED["neg_penalty"]
+        finetune_steps = IMPROVED["finetune_steps"]
+    return dict(
+        method=method, size=size, recipe=args.recipe, fix_values=args.fix_values,
+        k=_pick(args.k, k), neg_penalty=_pick(args.neg_penalty, neg_penalty),
+        finetune_steps=_pick(args.finetune_steps, finetune_steps) if method == "sparse" else 0,
+        lr=args.reinforce_lr if method == "reinforce" else _pick(args.lr, lr),
+        n_local=_pick(args.n_local, n_local), n_global=_pick(args.n_global, n_global),
+        region=args.region or max(1, round(math.log2(max(size, 2)))),
+        iterations=args.iterations or iterations,
+    )  # fmt: skip
 
 
 class ReinforceIdentity(nn.Module):
@@ -146,7 +180,8 @@ class ReinforceIdentity(nn.Module):
         """One integer tuple per mean and instance ``(b, k, 2)``, and the log-probability of
         each instance's draw ``(b,)``."""
         mu, var = self.index_means(), self.index_sigmas()
-        noise = torch.randn((b, *mu.shape), generator=generator).to(mu.device)
+        device = generator.device if generator is not None else mu.device
+        noise = torch.randn((b, *mu.shape), generator=generator, device=device).to(mu.device)
         point = (mu + var.sqrt() * noise).detach()
         log_prob = torch.distributions.Normal(mu, var.sqrt()).log_prob(point).sum((1, 2))
         tuples = point.round().clamp(0, self.size - 1).long()
@@ -162,26 +197,31 @@ class ReinforceIdentity(nn.Module):
         return x @ self.dense(self.index_means().round().long()).T
 
 
-def _build(
-    method: str, size: int, k: int, n_local: int, n_global: int, region: int, tau: float, gen
-):
+def _build(method: str, size: int, s: dict, tau: float, gen: torch.Generator) -> nn.Module:
     if method == "reinforce":
-        return ReinforceIdentity(size, size, tau, generator=gen)
-    from hyperkern import SparseLayer
+        model = ReinforceIdentity(size, s["k"], tau, generator=gen)
+    else:
+        from hyperkern import SparseLayer
 
-    # min_sigma is added before the scaling by dims * sigma_scale (0.1), see docs/algorithm.md
-    # §1: this converts the paper's tau, added after it, to the same floor in index units.
-    layer = SparseLayer(
-        (size,),
-        (size,),
-        k,
-        n_local=n_local,
-        n_global=n_global,
-        region=(region, region),
-        min_sigma=tau / (size * 0.1),
-    )
-    layer.reset_parameters(generator=gen)
-    return layer
+        # min_sigma is added before the scaling by dims * sigma_scale (0.1), see
+        # docs/algorithm.md §1: this converts the paper's tau, added after it, to the same floor
+        # in index units.
+        model = SparseLayer(
+            (size,), (size,), s["k"], n_local=s["n_local"], n_global=s["n_global"],
+            region=(s["region"], s["region"]), min_sigma=tau / (size * 0.1),
+        )  # fmt: skip
+        model.reset_parameters(generator=gen)
+    if s["fix_values"]:
+        fix_values(model)
+    return model
+
+
+def fix_values(model: nn.Module) -> None:
+    """Hold every value of ``model`` at 1: filled with ones and frozen (no gradient, so the
+    optimiser, the penalty and the values-only phase leave them alone)."""
+    with torch.no_grad():
+        model.values.fill_(1.0)
+    model.values.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -216,111 +256,94 @@ def _snapshot(model: nn.Module, it: int, gen: torch.Generator) -> dict:
 
 
 def train_one(args: argparse.Namespace, method: str, size: int, out: Path) -> dict:
-    """Train one model on one size, with checkpoints, CSV log and plots; return its summary."""
-    lr, n_local, n_global, iterations = settings_for(size)
-    improved = args.recipe == "improved" and method == "sparse"
-    if improved:
-        lr, iterations = IMPROVED["lr"], IMPROVED["iterations"]
-    k = args.k or (IMPROVED["k_per_n"] * size if improved else size)
-    neg_penalty = args.neg_penalty if args.neg_penalty is not None else (
-        IMPROVED["neg_penalty"] if improved else 0.0)  # fmt: skip
-    finetune_steps = args.finetune_steps if args.finetune_steps is not None else (
-        IMPROVED["finetune_steps"] if improved else 0)  # fmt: skip
-    lr = args.reinforce_lr if method == "reinforce" else (args.lr or lr)
-    n_local = args.n_local if args.n_local is not None else n_local
-    n_global = args.n_global if args.n_global is not None else n_global
-    region = args.region or max(1, round(math.log2(max(size, 2))))
-    iterations = args.iterations or iterations
+    """Train one model on one size, with checkpoints, CSV log, plots and ``results.json``;
+    return the results (or, with ``--time-steps``, the timing)."""
+    s = resolve_settings(args, method, size)
+    iterations = s["iterations"]
     eval_every = args.eval_every or max(1, min(500, iterations // 20))
-    device = resolve_device(args.device)
-    settings = dict(
-        method=method, size=size, k=k, neg_penalty=neg_penalty, finetune_steps=finetune_steps,
-        recipe=args.recipe, lr=lr, n_local=n_local, n_global=n_global, region=region,
-        iterations=iterations, batch_size=args.batch_size, eval_size=args.eval_size, tau=args.tau,
-        seed=args.seed, device=str(device),
-    )  # fmt: skip
+    device = common.resolve_device(args.device)
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    del config["sizes"]
+    config.update(s, eval_every=eval_every)
 
-    gen = seed_everything(args.seed * 1_000_003 + size)
-    model = _build(method, size, k, n_local, n_global, region, args.tau, gen).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    run_dir = out / f"{method}-n{size}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path, csv_path = run_dir / "checkpoint.pt", run_dir / "log.csv"
-    start, wall, snapshots = 0, 0.0, []
-    state = load_checkpoint(ckpt_path) if args.resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        start, wall, snapshots = state["iteration"], state["wall"], state["snapshots"]
-    elif csv_path.exists():
-        csv_path.unlink()
-    logger = CSVLogger(csv_path, ["iteration", "train_loss", "eval_loss", "wall_s"])
-    logger.truncate_after("iteration", start)
+    init_gen = common.seed_everything(args.seed * 1_000_003 + size)
+    model = _build(method, size, s, args.tau, init_gen).to(device)
+    # inputs and sampling seeds come from a generator on the device (sync-free on a GPU); on the
+    # CPU it continues the initialisation's generator, as before
+    gen = init_gen if device.type == "cpu" else torch.Generator(device=device)
+    if device.type != "cpu":
+        gen.manual_seed(args.seed * 1_000_003 + size)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=s["lr"])
+    forward = common.maybe_compile(
+        model, args.compile and method == "sparse", args.compile_backend
+    )  # REINFORCE draws with a torch.Generator, which compiled code cannot take
 
-    def checkpoint(it: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "generator": gen.get_state(), "iteration": it, "wall": wall,
-            "snapshots": snapshots, "settings": settings,
-        })  # fmt: skip
-
-    wanted = set(args.snapshots)
-    if start == 0:
-        logger.log(iteration=0, eval_loss=evaluate(model, size, args.eval_size, 0, device))
-    t0, recent, reached = time.perf_counter(), [], start
-    bar = progress(
-        total=iterations, initial=start, enabled=not args.no_progress, desc=f"{method} n={size}"
-    )
-    for it in bar:
-        if it in wanted and all(s["iteration"] != it for s in snapshots):
-            snapshots.append(_snapshot(model, it, torch.Generator().manual_seed(it)))
-        x = torch.randn(args.batch_size, size, generator=gen).to(device)
-        per_instance = F.mse_loss(model(x, generator=gen), x, reduction="none").mean(1)
-        loss = per_instance.mean()
-        objective = loss
-        if neg_penalty and method == "sparse":  # I has no negative entries: no cancelling pairs
-            objective = objective + neg_penalty * negative_value_penalty(model.values)
+    def train_step(_step: int) -> torch.Tensor:
+        x = torch.randn(args.batch_size, size, generator=gen, device=device)
+        if method == "sparse":
+            y = forward(x, generator=seed_tensor(gen, device))
+        else:
+            y = model(x, generator=gen)
+        per_instance = F.mse_loss(y, x, reduction="none").mean(1)
+        loss = objective = per_instance.mean()
+        if s["neg_penalty"] and method == "sparse" and model.values.requires_grad:
+            # I has no negative entries: rules out cancelling pairs
+            objective = objective + s["neg_penalty"] * negative_value_penalty(model.values)
         if method == "reinforce":  # score-function estimate for means and sigmas
             objective = loss + (per_instance.detach() * model.last_log_prob).mean()
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
-        recent.append(loss.item())
-        done = reached = it + 1
-        elapsed = wall + time.perf_counter() - t0
-        timed_out = args.time_limit is not None and elapsed > args.time_limit
-        if done % eval_every == 0 or done == iterations or timed_out:
-            wall += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            eval_loss = evaluate(model, size, args.eval_size, done, device)
-            logger.log(
-                iteration=done, train_loss=sum(recent) / len(recent), eval_loss=eval_loss,
-                wall_s=round(wall, 3),
-            )  # fmt: skip
-            recent = []
-            checkpoint(done)
-            if timed_out:
-                break
+        return loss
 
-    if method == "sparse" and finetune_steps and reached >= iterations:
-        t0 = time.perf_counter()
-        finetune_values(model, size, gen, finetune_steps, args.batch_size, 0.01, device)
-        wall += time.perf_counter() - t0
-        logger.log(
-            iteration=iterations + finetune_steps, eval_loss=evaluate(
-                model, size, args.eval_size, iterations + finetune_steps, device),
+    run_dir = out / f"{method}-n{size}"
+    if args.time_steps:
+        return common.measure_steps(
+            train_step, args.time_steps, device, label=f"identity {method} n={size}",
+            total_steps=iterations + s["finetune_steps"], out=run_dir, config=config,
+            eval_batch=lambda: evaluate(model, size, args.eval_size, 0, device), eval_batches=1,
+            evals=iterations // eval_every + 1,
+        )  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = common.Trainer(
+        run_dir, model, optimizer, {"gen": gen}, total=iterations, eval_every=eval_every,
+        columns=["iteration", "train_loss", "eval_loss", "wall_s"], resume=args.resume,
+        time_limit=args.time_limit, step_key="iteration", show_progress=not args.no_progress,
+        desc=f"{method} n={size}",
+    )  # fmt: skip
+    snapshots, wanted = trainer.extra or [], set(args.snapshots)
+
+    def before_step(it: int) -> None:
+        if it in wanted and all(snap["iteration"] != it for snap in snapshots):
+            snapshots.append(_snapshot(model, it, torch.Generator().manual_seed(it)))
+
+    finished = trainer.run(
+        train_step, lambda it: {"eval_loss": evaluate(model, size, args.eval_size, it, device)},
+        before_step=before_step, extra_state=lambda: snapshots,
+    )  # fmt: skip
+    steps, wall = trainer.step, trainer.wall
+    if method == "sparse" and s["finetune_steps"] and finished and model.values.requires_grad:
+        started = time.perf_counter()
+        ft_gen = gen if gen.device.type == "cpu" else torch.Generator().manual_seed(args.seed)
+        finetune_values(model, size, ft_gen, s["finetune_steps"], args.batch_size, 0.01, device)
+        steps += s["finetune_steps"]
+        wall += time.perf_counter() - started
+        trainer.log.log(
+            iteration=steps, eval_loss=evaluate(model, size, args.eval_size, steps, device),
             wall_s=round(wall, 3),
         )  # fmt: skip
-    rows = read_csv(csv_path)
-    evals = [(int(r["iteration"]), float(r["eval_loss"])) for r in rows if r["eval_loss"]]
+    evals = trainer.evaluations("eval_loss")
+    train = trainer.evaluations("train_loss")
     plot_means(snapshots, size, run_dir / "means.png", f"{method}, n={size}")
     torch.save(snapshots, run_dir / "snapshots.pt")
-    return dict(
-        settings, iterations_done=evals[-1][0], finished=evals[-1][0] >= iterations,
-        diagonal_covered=diagonal_covered(model),
-        initial_eval_loss=evals[0][1], final_eval_loss=evals[-1][1],
-        best_eval_loss=min(v for _, v in evals), wall_s=round(wall, 1),
+    metrics = dict(
+        eval_mse=evals[-1][1], initial_eval_mse=evals[0][1],
+        best_eval_mse=min(v for _, v in evals), diagonal_covered=diagonal_covered(model),
+        train_loss=train[-1][1] if train else None,
+    )  # fmt: skip
+    return common.write_results(
+        run_dir, "identity", config, metrics, finished=finished, device=device, wall_s=wall,
+        steps=steps,
     )  # fmt: skip
 
 
@@ -360,7 +383,8 @@ def plot_means(snapshots: list[dict], size: int, path: Path, title: str) -> None
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Train every requested (method, size); write ``loss.png`` and ``results.json``."""
+    """Train every requested (method, size); write ``loss.png``; return ``{"<method>-n<size>":
+    results}`` (each also in its ``results.json``)."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,11 +393,12 @@ def run(args: argparse.Namespace) -> dict:
         if size < 2:
             raise ValueError(f"--sizes must be at least 2, got {size}")
     results = {f"{m}-n{s}": train_one(args, m, s, out) for m in methods for s in args.sizes}
+    if args.time_steps:
+        return results
     curves = {}
     for name in results:
-        rows = [r for r in read_csv(out / name / "log.csv") if r["eval_loss"]]
+        rows = [r for r in common.read_csv(out / name / "log.csv") if r["eval_loss"]]
         curves[name] = ([int(r["iteration"]) for r in rows], [float(r["eval_loss"]) for r in rows])
-    plot_curves(curves, out / "loss.png", ylabel="eval MSE (rounded means)",
-                title="identity (Fig. 2)")  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    common.plot_curves(curves, out / "loss.png", ylabel="eval MSE (rounded means)",
+                       title="identity (Fig. 2)")  # fmt: skip
     return results

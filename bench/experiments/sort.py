@@ -23,22 +23,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.experiments.common import (
-    CSVLogger,
-    load_checkpoint,
-    progress,
-    read_csv,
-    resolve_device,
-    save_checkpoint,
-    seed_everything,
-)
+from bench.experiments import common
 from bench.experiments.data.mnist import load_mnist
 from hyperkern.sort import sparse_sort, unsort_targets
 
@@ -59,33 +50,43 @@ class NumberSets:
         digits: digits per number.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, digits: int):
-        order = labels.argsort(stable=True)
-        self.images = images[order]
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        digits: int,
+        device: torch.device | str = "cpu",
+    ):
         counts = torch.bincount(labels, minlength=10)
         if (counts == 0).any():
             missing = torch.nonzero(counts == 0).flatten().tolist()
             raise ValueError(f"labels miss the digits {missing}; every digit must occur")
-        self.counts = counts
-        self.starts = torch.cumsum(counts, 0) - counts
+        self.device = torch.device(device)
+        self.images = images[labels.argsort(stable=True)].to(self.device)  # uint8, by digit
+        self.counts = counts.to(self.device)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self.place = 10 ** torch.arange(digits - 1, -1, -1, device=self.device)
         self.digits = digits
 
     def sample(
         self, b: int, n: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``b`` sets of ``n`` numbers: ``numbers (b, n)`` int64 and image indices
-        ``(b, n, digits)`` int64 into ``self.images``."""
-        place = 10 ** torch.arange(self.digits - 1, -1, -1)
-        digit_labels = torch.randint(0, 10, (b, n, self.digits), generator=generator)
-        pick = torch.rand(b, n, self.digits, generator=generator, dtype=torch.float64)
-        within = (pick * self.counts[digit_labels]).long()
-        within = torch.minimum(within, self.counts[digit_labels] - 1)
-        numbers = (digit_labels * place).sum(-1)
+        ``(b, n, digits)`` int64 into ``self.images``, on the data's device. The draws happen on
+        the generator's device (a CPU generator gives the same sets on every device)."""
+        shape, on = (b, n, self.digits), generator.device
+        digit_labels = torch.randint(0, 10, shape, generator=generator, device=on)
+        pick = torch.rand(shape, generator=generator, dtype=torch.float64, device=on)
+        digit_labels, pick = digit_labels.to(self.device), pick.to(self.device)
+        counts = self.counts[digit_labels]
+        within = torch.minimum((pick * counts).long(), counts - 1)
+        numbers = (digit_labels * self.place).sum(-1)
         return numbers, self.starts[digit_labels] + within
 
-    def render(self, index: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Image indices ``(b, n, digits)`` -> float images ``(b, n, digits, 28, 28)`` in [0, 1]."""
-        return self.images[index].to(device=device, dtype=torch.float32) / 255.0
+    def render(self, index: torch.Tensor) -> torch.Tensor:
+        """Image indices ``(b, n, digits)`` -> float images ``(b, n, digits, 28, 28)`` in [0, 1]
+        on the data's device."""
+        return self.images[index.to(self.device)].float() / 255.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,6 +203,16 @@ def sorted_targets(values: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
     return values.gather(1, order.unsqueeze(-1).expand_as(values))
 
 
+def key_scores(
+    model: KeyNetwork, images: torch.Tensor, bf16: bool = False, forward=None
+) -> torch.Tensor:
+    """Keys ``(b, n)`` in float32 for ``images``; the key network may run under bfloat16
+    autocast and compiled (``forward``), the sort never does."""
+    with common.autocast(images.device, bf16):
+        keys = (forward or model)(images)
+    return keys.float()
+
+
 @torch.no_grad()
 def evaluate(
     model: KeyNetwork,
@@ -211,8 +222,10 @@ def evaluate(
     args: argparse.Namespace,
     n_samples: int,
     device: torch.device,
+    forward=None,
 ) -> dict:
-    """Accuracy of the key order over a fixed set of instances (batches of ``args.eval_batch``).
+    """Accuracy of the key order over a fixed set of instances (batches of ``args.eval_batch``),
+    counted on the device (one transfer at the end).
 
     Returns ``exact_accuracy``, ``per_element_accuracy``, ``error = 1 - exact_accuracy`` and
     ``test_loss``: the training loss on the same instances, with a fixed sampling seed (empty
@@ -221,33 +234,29 @@ def evaluate(
     was_training = model.training
     model.eval()
     sort_gen = torch.Generator(device=device).manual_seed(12_345)
-    exact, per_element, loss_sum = [], [], 0.0
+    numbers = numbers.to(device)
+    exact = per_element = loss_sum = torch.zeros((), device=device)
     for start in range(0, numbers.shape[0], args.eval_batch):
         batch_numbers = numbers[start : start + args.eval_batch]
-        images = data.render(index[start : start + args.eval_batch], device)
-        keys = model(images)
-        e, p = order_metrics(keys.cpu(), batch_numbers)
-        exact.append(e)
-        per_element.append(p)
+        images = data.render(index[start : start + args.eval_batch])
+        keys = key_scores(model, images, getattr(args, "bf16", False), forward)
+        e, p = order_metrics(keys, batch_numbers)
+        exact, per_element = exact + e.sum(), per_element + p.float().mean(1).sum()
         if _is_power_of_two(keys.shape[1]):
             values = images.reshape(*keys.shape, -1)
+            target = sorted_targets(values, batch_numbers)
             loss, _ = sort_loss(
-                keys,
-                values,
-                sorted_targets(values, batch_numbers),
-                n_samples,
-                sort_gen,
-                args.certainty,
-                args.intermediate,
+                keys, values, target, n_samples, sort_gen, args.certainty, args.intermediate
             )
-            loss_sum += loss.item() * keys.shape[0]
+            loss_sum = loss_sum + loss * keys.shape[0]
     model.train(was_training)
-    exact_t, per_t = torch.cat(exact), torch.cat(per_element)
+    count = numbers.shape[0]
+    exact_acc, per_acc, loss_mean = (torch.stack([exact, per_element, loss_sum]) / count).tolist()
     return {
-        "exact_accuracy": exact_t.float().mean().item(),
-        "per_element_accuracy": per_t.float().mean().item(),
-        "error": 1.0 - exact_t.float().mean().item(),
-        "test_loss": loss_sum / numbers.shape[0] if _is_power_of_two(numbers.shape[1]) else "",
+        "exact_accuracy": exact_acc,
+        "per_element_accuracy": per_acc,
+        "error": 1.0 - exact_acc,
+        "test_loss": loss_mean if _is_power_of_two(numbers.shape[1]) else "",
     }
 
 
@@ -332,77 +341,49 @@ def plot_intermediates(
 # CLI
 
 
+EPILOG = """recipes (--recipe; explicit flags override either):
+  improved (default)  the small per-digit MLP key network and Adam lr 1e-3: the only setting
+                      with a clear learning curve on the 3- and 4-digit tasks in our CPU runs
+                      (bench/EXPERIMENTS.md section 3, runs C and E: error 0.96 -> 0.19 for the
+                      paper protocol, n = 4). Not the paper's key network.
+  paper               the paper's setting (section 3.3, appendix): the Table 3 ConvNet key network,
+                      Adam lr 5e-5, batch 64, a = n samples, C = 10; it is what Fig. 6 reports
+                      (n = 4: error < 10 %; n = 16: ~40 %, with --intermediate for n = 8, 16).
+--protocol neuralsort (4-digit numbers, n = 3, 5, 7, 9, 15) compares with NeuralSort (Grover et
+al. 2019, Table 1); n that is not a power of two trains on sets of the next power of two."""
+
+RECIPES = {"improved": {"key_net": "mlp", "lr": 1e-3}, "paper": {"key_net": "convnet", "lr": 5e-5}}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of the sort experiment (the dispatcher adds --seed, --device, --out, --resume,
-    --eval-every, --no-progress)."""
-    parser.add_argument(
-        "--protocol",
-        choices=sorted(PROTOCOL_DIGITS),
-        default="paper",
-        help="paper: 3-digit numbers, error; neuralsort: 4-digit, accuracies",
-    )
-    parser.add_argument("--size", type=int, default=4, help="items per evaluation set n")
-    parser.add_argument(
-        "--train-size",
-        type=int,
-        default=None,
-        help="items per training set, a power of two (default: the next power of two >= --size)",
-    )
-    parser.add_argument(
-        "--digits",
-        type=int,
-        default=None,
-        help="digits per number (default: 3 for paper, 4 for neuralsort)",
-    )
-    parser.add_argument(
-        "--key-net",
-        choices=["convnet", "mlp"],
-        default="convnet",
-        help="convnet: paper Table 3; mlp: small per-digit MLP (quick runs)",
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--iterations", type=int, default=100_000, help="training batches")
-    parser.add_argument(
-        "--samples",
-        type=int,
-        default=None,
-        help="random half-permutations per step (paper a = n; default n)",
-    )
-    parser.add_argument("--certainty", type=float, default=10.0, help="C in sigmoid(C (x - m))")
-    parser.add_argument("--intermediate", action="store_true", help="use the intermediate loss")
-    parser.add_argument(
-        "--eval-instances",
-        type=int,
-        default=10_000,
-        help="test sets per evaluation (paper: 10 000)",
-    )
-    parser.add_argument("--eval-batch", type=int, default=256)
-    parser.add_argument(
-        "--eval-split",
-        choices=["test", "val"],
-        default="test",
-        help="val: evaluate on the last 10k training images, train on the rest",
-    )
-    parser.add_argument(
-        "--train-limit",
-        type=int,
-        default=None,
-        help="use only the first N training images (quick runs)",
-    )
-    parser.add_argument(
-        "--test-limit",
-        type=int,
-        default=None,
-        help="use only the first N evaluation images (quick runs)",
-    )
-    parser.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="stop (with a checkpoint and a final evaluation) after this wall time",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    """Flags of the sort experiment (the dispatcher adds the common ones)."""
+    add = parser.add_argument
+    add("--protocol", choices=sorted(PROTOCOL_DIGITS), default="paper",
+        help="paper: 3-digit numbers, error; neuralsort: 4-digit, accuracies")  # fmt: skip
+    add("--recipe", choices=sorted(RECIPES), default="improved", help="see below")
+    add("--size", type=int, default=4, help="items per evaluation set n")
+    add("--train-size", type=int, default=None,
+        help="items per training set, a power of two (default: next one >= --size)")  # fmt: skip
+    add("--digits", type=int, default=None,
+        help="digits per number (default: 3 for paper, 4 for neuralsort)")  # fmt: skip
+    add("--key-net", choices=["convnet", "mlp"], default=None,
+        help="convnet: paper Table 3; mlp: small per-digit MLP (recipe)")  # fmt: skip
+    add("--batch-size", type=int, default=64)
+    add("--lr", type=float, default=None, help="(recipe)")
+    add("--iterations", type=int, default=100_000, help="training batches")
+    add("--samples", type=int, default=None,
+        help="random half-permutations per step (paper a = n; default n)")  # fmt: skip
+    add("--certainty", type=float, default=10.0, help="C in sigmoid(C (x - m))")
+    add("--intermediate", action="store_true", help="use the intermediate loss")
+    add("--eval-instances", type=int, default=10_000, help="test sets per evaluation (paper)")
+    add("--eval-batch", type=int, default=256)
+    add("--eval-split", choices=["test", "val"], default="test",
+        help="val: evaluate on the last 10k training images, train on the rest")  # fmt: skip
+    add("--train-limit", type=int, default=None, help="only the first N training images")
+    add("--test-limit", type=int, default=None, help="only the first N evaluation images")
+    add("--max-minutes", type=float, default=None,
+        help="the same as --time-limit, in minutes (kept for old commands)")  # fmt: skip
+    common.add_bf16_argument(parser)
 
 
 def _split_data(args: argparse.Namespace, digits: int) -> tuple[NumberSets, NumberSets]:
@@ -417,8 +398,9 @@ def _split_data(args: argparse.Namespace, digits: int) -> tuple[NumberSets, Numb
         train_labels = train_labels[: args.train_limit]
     if args.test_limit:
         test_images, test_labels = test_images[: args.test_limit], test_labels[: args.test_limit]
-    return NumberSets(train_images, train_labels, digits), NumberSets(
-        test_images, test_labels, digits
+    device = common.resolve_device(args.device)
+    return NumberSets(train_images, train_labels, digits, device), NumberSets(
+        test_images, test_labels, digits, device
     )
 
 
@@ -437,125 +419,98 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Train the key network and evaluate its order; returns the final metrics."""
+    """Train the key network and evaluate its order; write ``results.json`` and return it (or,
+    with ``--time-steps``, the timing)."""
     _validate(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    for key, value in RECIPES[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.max_minutes is not None and args.time_limit is None:
+        args.time_limit = 60 * args.max_minutes
+    torch.set_num_threads(args.threads)
+    device = common.resolve_device(args.device)
     digits = args.digits or PROTOCOL_DIGITS[args.protocol]
     train_size = args.train_size or 1 << math.ceil(math.log2(args.size))
     n_samples = train_size if args.samples is None else args.samples
     eval_every = args.eval_every or 1000
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    config.update(digits=digits, train_size=train_size, n_samples=n_samples, eval_every=eval_every)
 
-    seed_everything(args.seed)
-    data_gen = torch.Generator().manual_seed(args.seed)
+    common.seed_everything(args.seed)
+    data_gen = torch.Generator(device=device).manual_seed(args.seed)
     sort_gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     train, test = _split_data(args, digits)
     test_numbers, test_index = test.sample(
         args.eval_instances, args.size, torch.Generator().manual_seed(10_007 + args.seed)
     )
-
     model = KeyNetwork(digits, args.key_net).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    step, elapsed = 0, 0.0
-    log = CSVLogger(
-        out / "log.csv",
-        fieldnames=[
-            "step",
-            "loss",
-            "test_loss",
-            "error",
-            "exact_accuracy",
-            "per_element_accuracy",
-            "wall_s",
-        ],
-    )
-    checkpoint_path = out / "checkpoint.pt"
-    state = load_checkpoint(checkpoint_path) if args.resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        data_gen.set_state(state["data_gen"])
-        sort_gen.set_state(state["sort_gen"])
-        step, elapsed = state["step"], state["elapsed"]
-        log.truncate_after("step", step)
-    elif log.path.exists():
-        log.path.unlink()
-        log = CSVLogger(out / "log.csv", fieldnames=log.fieldnames)
+    forward = common.maybe_compile(model, args.compile, args.compile_backend)
 
-    def checkpoint() -> None:
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "data_gen": data_gen.get_state(),
-                "sort_gen": sort_gen.get_state(),
-                "step": step,
-                "elapsed": elapsed,
-                "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-            },
-        )
-
-    def eval_and_plot() -> dict:
-        metrics = evaluate(model, test, test_numbers, test_index, args, n_samples, device)
-        log.log(step=step, wall_s=round(elapsed, 2), **metrics)
-        plot_error_curve(read_csv(log.path), out / "error.png", f"n={args.size}, {digits} digits")
-        _plot_example(
-            model,
-            test,
-            args,
-            train_size,
-            n_samples,
-            device,
-            out / ("intermediate_start.png" if step == 0 else "intermediate.png"),
-        )
-        return metrics
-
-    metrics = eval_and_plot() if state is None else {}
-    started = time.perf_counter() - elapsed
-    losses = []
-    model.train()
-    for i in progress(
-        total=args.iterations, initial=step, enabled=not args.no_progress, desc="sort"
-    ):
+    def train_step(_step: int) -> torch.Tensor:
         numbers, index = train.sample(args.batch_size, train_size, data_gen)
-        images = train.render(index, device)
+        images = train.render(index)
         values = images.reshape(args.batch_size, train_size, -1)
         target = sorted_targets(values, numbers)
+        keys = key_scores(model, images, args.bf16, forward)
         loss, _ = sort_loss(
-            model(images), values, target, n_samples, sort_gen, args.certainty, args.intermediate
+            keys, values, target, n_samples, sort_gen, args.certainty, args.intermediate
         )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-        elapsed = time.perf_counter() - started
-        step = i + 1
-        log.log(step=step, loss=losses[-1], wall_s=round(elapsed, 2))
-        out_of_time = args.max_minutes is not None and elapsed > 60 * args.max_minutes
-        if step % eval_every == 0 or step == args.iterations or out_of_time:
-            metrics = eval_and_plot()
-            checkpoint()
-        if out_of_time:
-            break
-    if not metrics:  # resumed at the end: evaluate once more
-        metrics = eval_and_plot()
-    recent = losses[-min(len(losses), 50) :]
-    return {
-        **metrics,
-        "step": step,
-        "finished": step >= args.iterations,
-        "train_loss_recent": sum(recent) / len(recent) if recent else None,
-        "wall_s": round(elapsed, 1),
-        "n": args.size,
-        "train_size": train_size,
-        "digits": digits,
-        "eval_instances": args.eval_instances,
-        "key_net": args.key_net,
-    }
+        return loss
+
+    def evaluate_on(numbers: torch.Tensor, index: torch.Tensor) -> dict:
+        return evaluate(model, test, numbers, index, args, n_samples, device, forward)
+
+    if args.time_steps:
+        first = slice(0, args.eval_batch)
+        return common.measure_steps(
+            train_step, args.time_steps, device, label=f"sort {args.protocol} n={args.size}",
+            total_steps=args.iterations, out=out, config=config,
+            eval_batch=lambda: evaluate_on(test_numbers[first], test_index[first]),
+            eval_batches=-(-args.eval_instances // args.eval_batch),
+            evals=args.iterations // eval_every + 1,
+        )  # fmt: skip
+    trainer = common.Trainer(
+        out, model, optimizer, {"data_gen": data_gen, "sort_gen": sort_gen},
+        total=args.iterations, eval_every=eval_every, resume=args.resume,
+        columns=["step", "loss", "test_loss", "error", "exact_accuracy",
+                 "per_element_accuracy", "wall_s"],
+        time_limit=args.time_limit, per_step_losses=True, show_progress=not args.no_progress,
+        desc="sort",
+    )  # fmt: skip
+
+    def plot_start(step: int) -> None:
+        if step == 0:  # Fig. 7 before training; the figures of the end come after the loop
+            _plot_example(
+                model, test, args, train_size, n_samples, device, out / "intermediate_start.png"
+            )
+
+    finished = trainer.run(
+        train_step, lambda _: evaluate_on(test_numbers, test_index), after_eval=plot_start
+    )
+    plot_error_curve(
+        common.read_csv(trainer.csv_path), out / "error.png", f"n={args.size}, {digits} digits"
+    )
+    _plot_example(model, test, args, train_size, n_samples, device, out / "intermediate.png")
+    rows = [r for r in common.read_csv(trainer.csv_path) if r.get("error", "") != ""]
+    losses = [loss for _, loss in trainer.evaluations("loss")][-50:]
+    last = rows[-1]
+    metrics = dict(
+        error=float(last["error"]), exact_match=float(last["exact_accuracy"]),
+        elementwise=float(last["per_element_accuracy"]),
+        test_loss=float(last["test_loss"]) if last["test_loss"] else None,
+        initial_error=float(rows[0]["error"]),
+        train_loss_recent=sum(losses) / len(losses) if losses else None,
+    )  # fmt: skip
+    return common.write_results(
+        out, "sort", config, metrics, finished=finished, device=device, wall_s=trainer.wall,
+        steps=trainer.step,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -569,7 +524,7 @@ def _plot_example(
     path: Path,
 ) -> None:
     numbers, index = data.sample(1, size, torch.Generator().manual_seed(99))
-    images = data.render(index, device)
+    images = data.render(index)
     values = images.reshape(1, size, -1)
     target = sorted_targets(values, numbers)
     was_training = model.training
