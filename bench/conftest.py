@@ -30,10 +30,18 @@ _SESSION: dict[str, object] = {}
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hyperkern benchmarks")
-    group.addoption("--hk-scale", choices=SCALES, default="cpu",
-                    help="benchmark sizes: tiny (CI smoke), cpu (default) or gpu")  # fmt: skip
-    group.addoption("--hk-threads", type=int, default=None,
-                    help="torch.set_num_threads for the run (default: torch's choice)")  # fmt: skip
+    group.addoption(
+        "--hk-scale",
+        choices=SCALES,
+        default="cpu",
+        help="benchmark sizes: tiny (CI smoke), cpu (default) or gpu",
+    )
+    group.addoption(
+        "--hk-threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for the run (default: torch's choice)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,8 +105,9 @@ def hk_roofline(hk_device: torch.device, hk_scale: str) -> Bandwidths | None:
         bandwidths = measure_bandwidths(hbm_bytes=bandwidth_bytes(hk_scale), device=hk_device)
     except Exception as error:  # a failed probe must not cost the run its timings
         _SESSION["roofline_error"] = f"{type(error).__name__}: {error}".splitlines()[0]
-        warnings.warn(f"roofline bandwidths not measured: {_SESSION['roofline_error']}",
-                      stacklevel=1)  # fmt: skip
+        warnings.warn(
+            f"roofline bandwidths not measured: {_SESSION['roofline_error']}", stacklevel=1
+        )
         return None
     _SESSION["roofline"] = bandwidths.info()
     return bandwidths

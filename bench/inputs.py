@@ -23,10 +23,12 @@ def proportion_inputs(case, device: torch.device, generator: torch.Generator):
 
 def tuple_inputs(case, device: torch.device, generator: torch.Generator) -> torch.Tensor:
     """``(b, k, S, r)`` int64 tuples sampled around random means."""
-    mu = reference.transform_means(torch.randn(case.b, case.k, case.r, generator=generator),
-                                   case.dims)  # fmt: skip
-    points = reference.sample_tuples(mu, case.dims, case.n_local, case.n_global,
-                                     generator=generator)  # fmt: skip
+    mu = reference.transform_means(
+        torch.randn(case.b, case.k, case.r, generator=generator), case.dims
+    )
+    points = reference.sample_tuples(
+        mu, case.dims, case.n_local, case.n_global, generator=generator
+    )
     return points.to(device)
 
 

@@ -177,9 +177,13 @@ def run_benchmark(
     info.update(case.info())
     info.update(extra or {})
     info.update(
-        op=group, impl=impl, device=str(device), peak_mem_bytes=int(peak),
-        mem_method=tracker.method, threads=torch.get_num_threads(),
-    )  # fmt: skip
+        op=group,
+        impl=impl,
+        device=str(device),
+        peak_mem_bytes=int(peak),
+        mem_method=tracker.method,
+        threads=torch.get_num_threads(),
+    )
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
     stats = getattr(benchmark, "stats", None)
     best = stats.stats.min if stats is not None else None

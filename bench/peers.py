@@ -59,8 +59,12 @@ def unique_duplicate_mask(points, dims, context_size=None, key_kind="auto") -> t
     context_id = torch.arange(C, device=keys.device).repeat_interleave(cs * S)
     _, inverse = torch.unique(torch.stack([context_id, flat], 1), dim=0, return_inverse=True)
     position = torch.arange(flat.numel(), device=keys.device)
-    first = torch.full((int(inverse.max()) + 1 if flat.numel() else 0,), flat.numel(),
-                       device=keys.device, dtype=torch.int64)  # fmt: skip
+    first = torch.full(
+        (int(inverse.max()) + 1 if flat.numel() else 0,),
+        flat.numel(),
+        device=keys.device,
+        dtype=torch.int64,
+    )
     first = first.scatter_reduce(0, inverse, position, reduce="amin")
     repeat = (position != first[inverse]).reshape(C, cs, S)
     return reference.from_contexts(repeat, B, k)
@@ -164,19 +168,26 @@ def layer_pipeline(
     vprime = proportions_fn(points, mu, sigma, values, duplicates, context_size, chunk_size)
     rows, cols = reference.flatten_tuples(points, out_shape, in_shape)
     b = x.shape[0]
-    y = contract_fn(rows.flatten(1), cols.flatten(1), vprime.flatten(1), x.reshape(b, -1),
-                    math.prod(out_shape))  # fmt: skip
+    y = contract_fn(
+        rows.flatten(1), cols.flatten(1), vprime.flatten(1), x.reshape(b, -1), math.prod(out_shape)
+    )
     return y.reshape(b, *out_shape)
 
 
 LAYER_PEERS: dict[str, dict[str, Callable]] = {
     # the original code: dense probability-space proportions, torch.sparse contraction
-    "dense_prop": dict(duplicate_fn=reference.duplicate_mask, proportions_fn=dense_proportions,
-                       contract_fn=coo_contract),
+    "dense_prop": dict(
+        duplicate_fn=reference.duplicate_mask,
+        proportions_fn=dense_proportions,
+        contract_fn=coo_contract,
+    ),
     # hyperkern's plain-torch proportions feeding torch.sparse.mm
-    "torch_sparse": dict(duplicate_fn=reference.duplicate_mask,
-                         proportions_fn=reference.proportions, contract_fn=coo_contract),
-}  # fmt: skip
+    "torch_sparse": dict(
+        duplicate_fn=reference.duplicate_mask,
+        proportions_fn=reference.proportions,
+        contract_fn=coo_contract,
+    ),
+}
 
 
 def contraction_fn(impl: str, device: torch.device) -> Callable:
@@ -186,8 +197,12 @@ def contraction_fn(impl: str, device: torch.device) -> Callable:
         from measure import triton_or_skip
 
         return triton_or_skip("contract", device, deterministic=impl == "triton")
-    table = {"torch": reference.contract, "index_add": index_add_contract, "coo": coo_contract,
-             "csr": csr_contract}  # fmt: skip
+    table = {
+        "torch": reference.contract,
+        "index_add": index_add_contract,
+        "coo": coo_contract,
+        "csr": csr_contract,
+    }
     return table[impl]
 
 
@@ -208,8 +223,7 @@ def layer_fn(impl: str, case, device: torch.device) -> Callable:
     ``case``'s out size, context and chunk sizes, sampling with a fixed seed."""
     from hyperkern import sparse_layer
 
-    options = dict(context_size=case.context_size, chunk_size=case.chunk_size,
-                   generator=LAYER_SEED)  # fmt: skip
+    options = dict(context_size=case.context_size, chunk_size=case.chunk_size, generator=LAYER_SEED)
     if impl == "dense_prop_compiled":  # the original algorithm given inductor's fusion
         if device.type != "cuda":
             pytest.skip("the compiled dense baseline runs on CUDA (inductor's CPU build is slow)")

@@ -73,9 +73,14 @@ def build_model(kind: str, hidden: int, path: str, seed: int) -> nn.Module:
         return FullHypernetwork(target, embedding_dim=8, hidden_sizes=(32,), gain=2**0.5, seed=seed)
     if kind == "chunked":
         return ChunkedHypernetwork(
-            target, chunk_size=1024, embedding_dim=8, chunk_embedding_dim=8,
-            hidden_sizes=(64,), gain=2**0.5, seed=seed,
-        )  # fmt: skip
+            target,
+            chunk_size=1024,
+            embedding_dim=8,
+            chunk_embedding_dim=8,
+            hidden_sizes=(64,),
+            gain=2**0.5,
+            seed=seed,
+        )
     if kind == "per-sample":
         return PerSampleClassifier(hidden, embedding_dim=8, path=path, seed=seed)
     raise ValueError(f"kind must be full, chunked or per-sample, got {kind!r}")

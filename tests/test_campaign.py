@@ -14,8 +14,23 @@ from bench.experiments.common import RESULT_KEYS
 
 
 def _campaign(out, *extra: str) -> dict:
-    return main(["campaign", "--smoke", "--device", "cpu", "--out", str(out), "--piece-minutes",
-                 "0", "--overhead-s", "0", "--min-piece-s", "0", *extra])  # fmt: skip
+    return main(
+        [
+            "campaign",
+            "--smoke",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--piece-minutes",
+            "0",
+            "--overhead-s",
+            "0",
+            "--min-piece-s",
+            "0",
+            *extra,
+        ]
+    )
 
 
 def _state(out) -> dict:
@@ -24,8 +39,15 @@ def _state(out) -> dict:
 
 def test_jobs_come_in_order_of_value():
     names = [job.name for job in campaign.JOBS]
-    assert names == ["attention-glimpse1", "sort-n4", "identity-n128", "identity-n256",
-                     "attention-glimpse8", "sort-n8", "sort-n16"]  # fmt: skip
+    assert names == [
+        "attention-glimpse1",
+        "sort-n4",
+        "identity-n128",
+        "identity-n256",
+        "attention-glimpse8",
+        "sort-n8",
+        "sort-n16",
+    ]
     sort16 = dict(zip(campaign.JOBS[-1].argv[::2], campaign.JOBS[-1].argv[1::2], strict=False))
     assert sort16["--recipe"] == "paper" and "--intermediate" in campaign.JOBS[-1].argv
 
@@ -84,8 +106,15 @@ def test_a_failing_job_is_recorded_and_the_next_one_runs(tmp_path, monkeypatch):
 
 
 def _result(experiment: str, config: dict, metrics: dict, finished=True) -> dict:
-    return {"experiment": experiment, "config": config, "metrics": metrics, "finished": finished,
-            "device": "cuda:0 (test GPU)", "wall_s": 90.0, "steps": 10}  # fmt: skip
+    return {
+        "experiment": experiment,
+        "config": config,
+        "metrics": metrics,
+        "finished": finished,
+        "device": "cuda:0 (test GPU)",
+        "wall_s": 90.0,
+        "steps": 10,
+    }
 
 
 def test_tables_without_results_list_the_published_numbers(tmp_path):
@@ -97,20 +126,53 @@ def test_tables_without_results_list_the_published_numbers(tmp_path):
 
 def test_tables_rows_from_results_files(tmp_path, capsys):
     runs = {
-        "id64": _result("identity", {"size": 64, "recipe": "improved", "method": "sparse",
-                                     "iterations": 15000, "finetune_steps": 1000},
-                        {"eval_mse": 2.8e-17, "diagonal_covered": 64}),
-        "att1": _result("attention", {"model": "glimpse1", "recipe": "paper", "train_size": 60000,
-                                      "test_size": 10000, "total_steps": 32830},
-                        {"test_error": 0.0123}, finished=False),
-        "sort4": _result("sort", {"size": 4, "protocol": "paper", "recipe": "paper",
-                                  "key_net": "convnet", "eval_instances": 10000,
-                                  "iterations": 100000},
-                         {"error": 0.08, "exact_match": 0.92, "elementwise": 0.95}),
-        "ns5": _result("sort", {"size": 5, "protocol": "neuralsort", "recipe": "improved",
-                                "key_net": "mlp", "iterations": 100000},
-                       {"error": 0.3, "exact_match": 0.7, "elementwise": 0.84}),
-    }  # fmt: skip
+        "id64": _result(
+            "identity",
+            {
+                "size": 64,
+                "recipe": "improved",
+                "method": "sparse",
+                "iterations": 15000,
+                "finetune_steps": 1000,
+            },
+            {"eval_mse": 2.8e-17, "diagonal_covered": 64},
+        ),
+        "att1": _result(
+            "attention",
+            {
+                "model": "glimpse1",
+                "recipe": "paper",
+                "train_size": 60000,
+                "test_size": 10000,
+                "total_steps": 32830,
+            },
+            {"test_error": 0.0123},
+            finished=False,
+        ),
+        "sort4": _result(
+            "sort",
+            {
+                "size": 4,
+                "protocol": "paper",
+                "recipe": "paper",
+                "key_net": "convnet",
+                "eval_instances": 10000,
+                "iterations": 100000,
+            },
+            {"error": 0.08, "exact_match": 0.92, "elementwise": 0.95},
+        ),
+        "ns5": _result(
+            "sort",
+            {
+                "size": 5,
+                "protocol": "neuralsort",
+                "recipe": "improved",
+                "key_net": "mlp",
+                "iterations": 100000,
+            },
+            {"error": 0.3, "exact_match": 0.7, "elementwise": 0.84},
+        ),
+    }
     for name, result in runs.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(result))
@@ -132,7 +194,8 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
     main(["tables", "--root", str(tmp_path), "--write", str(doc)])
     content = doc.read_text()
     assert content.startswith(f"intro\n{tables.BEGIN}\n") and content.endswith(
-        f"{tables.END}\noutro\n")  # fmt: skip
+        f"{tables.END}\noutro\n"
+    )
     assert "\nold\n" not in content and "`sort4`" in content
     with pytest.raises(ValueError, match="tables:begin"):
         tables.rewrite_section(tmp_path / "id64" / "results.json", "x")

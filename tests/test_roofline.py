@@ -168,8 +168,9 @@ def test_the_old_bound_ignored_the_gathers():
 
 
 def test_roofline_info_fields():
-    bw = Bandwidths(hbm=2e12, l2=8e12, l2_capacity_bytes=50 * MiB, l2_buffer_bytes=16 * MiB,
-                    l2_row_bytes=256)  # fmt: skip
+    bw = Bandwidths(
+        hbm=2e12, l2=8e12, l2_capacity_bytes=50 * MiB, l2_buffer_bytes=16 * MiB, l2_row_bytes=256
+    )
     t = Traffic(2 * 10**9, 4 * 10**9)  # HBM 1 ms, L2 0.5 ms
     info = roofline.roofline_info(t, bw, seconds=4e-3, sort_s=2e-3)
     assert info["bound_ms"] == pytest.approx(1.0)
@@ -275,13 +276,26 @@ def _load_report():
 
 def test_report_shows_the_bound_and_the_sort(tmp_path):
     pytest.importorskip("pandas", reason="bench/report.py needs the bench extra: .[bench]")
-    extra = {"op": "contract forward", "sweep": "nnz", "x": 2**24, "impl": "triton",
-             "peak_mem_bytes": 1253 * MiB, "pct_of_bound": 18.24, "sort_ms": 1.2,
-             "bound_ms": 0.55}  # fmt: skip
+    extra = {
+        "op": "contract forward",
+        "sweep": "nnz",
+        "x": 2**24,
+        "impl": "triton",
+        "peak_mem_bytes": 1253 * MiB,
+        "pct_of_bound": 18.24,
+        "sort_ms": 1.2,
+        "bound_ms": 0.55,
+    }
     stats = {"min": 3e-3, "median": 3e-3, "mean": 3e-3, "stddev": 0.0, "max": 3e-3, "rounds": 3}
     bench = {"name": "t", "group": "g", "stats": stats, "extra_info": extra}
-    machine = {"hk_scale": "gpu", "bandwidth_gbps": 2983.0, "hbm_gbps": 2983.0,
-               "l2_gbps": 7000.0, "l2_row_bytes": 256, "l2_buffer_bytes": 16 * MiB}  # fmt: skip
+    machine = {
+        "hk_scale": "gpu",
+        "bandwidth_gbps": 2983.0,
+        "hbm_gbps": 2983.0,
+        "l2_gbps": 7000.0,
+        "l2_row_bytes": 256,
+        "l2_buffer_bytes": 16 * MiB,
+    }
     source = tmp_path / "r.json"
     source.write_text(json.dumps({"machine_info": machine, "benchmarks": [bench]}))
     out = tmp_path / "out"

@@ -40,21 +40,27 @@ def _add_common(parser: argparse.ArgumentParser, name: str) -> None:
     )
     common.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     common.add_argument(
-        "--time-limit", type=float, default=None,
+        "--time-limit",
+        type=float,
+        default=None,
         help="seconds this call may train (and evaluate); then it checkpoints, evaluates and "
         "stops with finished=false, to be continued with --resume",
-    )  # fmt: skip
+    )
     common.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     common.add_argument(
-        "--compile", action="store_true",
+        "--compile",
+        action="store_true",
         help="torch.compile the model (runs eagerly, with a warning, where compiling fails)",
-    )  # fmt: skip
+    )
     common.add_argument("--compile-backend", default="inductor", help="torch.compile backend")
     common.add_argument(
-        "--time-steps", type=int, default=None, metavar="N",
+        "--time-steps",
+        type=int,
+        default=None,
+        metavar="N",
         help="measure instead of training: median seconds per step over N steps after warm-up, "
         "and the projected wall time of the configured run (printed, and --out/timing.json)",
-    )  # fmt: skip
+    )
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -231,10 +231,11 @@ def add_bf16_argument(parser: argparse.ArgumentParser) -> None:
     """``--bf16``: autocast the dense networks (ConvNets, MLPs) to bfloat16; the sparse part
     (means, sampling, proportions, contraction) stays float32."""
     parser.add_argument(
-        "--bf16", action="store_true",
+        "--bf16",
+        action="store_true",
         help="autocast the dense networks to bfloat16 (the sparse layers stay float32); "
         "off by default: a GPU speed-up whose effect on the paper's numbers is untested",
-    )  # fmt: skip
+    )
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
@@ -519,11 +520,17 @@ class Trainer:
 
     def checkpoint(self, extra: Any = None) -> None:
         """Write model, optimizer, generator states, step, wall and ``extra`` atomically."""
-        save_checkpoint(self.ckpt_path, {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "generators": {name: g.get_state() for name, g in self.generators.items()},
-            "step": self.step, "wall": self.wall, "extra": extra,
-        })  # fmt: skip
+        save_checkpoint(
+            self.ckpt_path,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generators": {name: g.get_state() for name, g in self.generators.items()},
+                "step": self.step,
+                "wall": self.wall,
+                "extra": extra,
+            },
+        )
 
     def run(
         self,
@@ -589,5 +596,8 @@ class Trainer:
 
     def evaluations(self, column: str) -> list[tuple[int, float]]:
         """``(step, value)`` of every logged row with ``column`` filled."""
-        return [(int(r[self.step_key]), float(r[column])) for r in read_csv(self.csv_path)
-                if r.get(column, "") != ""]  # fmt: skip
+        return [
+            (int(r[self.step_key]), float(r[column]))
+            for r in read_csv(self.csv_path)
+            if r.get(column, "") != ""
+        ]

@@ -101,12 +101,23 @@ def _identity(results: list[tuple[str, dict]]) -> list[str]:
                 continue
             c, m = r["config"], r["metrics"]
             recipe = f"{c.get('recipe', '?')}, {c.get('method', 'sparse')}" + (
-                ", values fixed to 1" if c.get("fix_values") else "")  # fmt: skip
+                ", values fixed to 1" if c.get("fix_values") else ""
+            )
             covered = m.get("diagonal_covered")
             total = (c.get("iterations") or 0) + (c.get("finetune_steps") or 0)
-            rows.append([str(n), paper, f"`{run}`", recipe, _num(m.get("eval_mse")),
-                         "—" if covered is None else f"{covered} / {n}", _status(r, total),
-                         r["device"], _wall(r)])  # fmt: skip
+            rows.append(
+                [
+                    str(n),
+                    paper,
+                    f"`{run}`",
+                    recipe,
+                    _num(m.get("eval_mse")),
+                    "—" if covered is None else f"{covered} / {n}",
+                    _status(r, total),
+                    r["device"],
+                    _wall(r),
+                ]
+            )
     return [
         "### Identity (paper §3.1, Fig. 2)",
         "",
@@ -125,7 +136,7 @@ def _identity(results: list[tuple[str, dict]]) -> list[str]:
                 "wall",
             ],
             rows,
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -143,10 +154,32 @@ def _attention(results: list[tuple[str, dict]]) -> list[str]:
             c, m = r["config"], r["metrics"]
             data = f"{_count(c.get('train_size'))} / {_count(c.get('test_size'))}"
             status = _status(r, c.get("total_steps"))
-            rows.append([model, paper, f"`{run}`", c.get("recipe", "?"), _pct(m.get("test_error")),
-                         data, status, r["device"], _wall(r)])  # fmt: skip
-    rows.append(["RAM (Mnih et al. 2014)", _pct(RAM_ERROR), "(as listed in the paper's Table 1)",
-                 "", "", "", "", "", ""])  # fmt: skip
+            rows.append(
+                [
+                    model,
+                    paper,
+                    f"`{run}`",
+                    c.get("recipe", "?"),
+                    _pct(m.get("test_error")),
+                    data,
+                    status,
+                    r["device"],
+                    _wall(r),
+                ]
+            )
+    rows.append(
+        [
+            "RAM (Mnih et al. 2014)",
+            _pct(RAM_ERROR),
+            "(as listed in the paper's Table 1)",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+        ]
+    )
     return [
         "### Attention, 100x100 cluttered MNIST (paper §3.2, Table 1)",
         "",
@@ -165,7 +198,7 @@ def _attention(results: list[tuple[str, dict]]) -> list[str]:
                 "wall",
             ],
             rows,
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -188,21 +221,44 @@ def _sort(results: list[tuple[str, dict]]) -> list[str]:
                 paper_rows.append([str(n), published, "—", "", "", "", "", "", "", ""])
                 continue
             c, m = r["config"], r["metrics"]
-            paper_rows.append([str(n), published, f"`{run}`", setting(c), _pct(m.get("error")),
-                               _num(m.get("elementwise")), _count(c.get("eval_instances")),
-                               _status(r, c.get("iterations")), r["device"], _wall(r)])  # fmt: skip
+            paper_rows.append(
+                [
+                    str(n),
+                    published,
+                    f"`{run}`",
+                    setting(c),
+                    _pct(m.get("error")),
+                    _num(m.get("elementwise")),
+                    _count(c.get("eval_instances")),
+                    _status(r, c.get("iterations")),
+                    r["device"],
+                    _wall(r),
+                ]
+            )
     for n in sorted(neural):
         exact, elementwise = NEURALSORT.get(n, (None, None))
         for run, r in neural[n] or [(None, None)]:
             if r is None:
-                neural_rows.append([str(n), _num(exact), _num(elementwise), "—", "", "", "", "",
-                                    "", ""])  # fmt: skip
+                neural_rows.append(
+                    [str(n), _num(exact), _num(elementwise), "—", "", "", "", "", "", ""]
+                )
                 continue
             c, m = r["config"], r["metrics"]
             status = _status(r, c.get("iterations"))
-            neural_rows.append([str(n), _num(exact), _num(elementwise), f"`{run}`", setting(c),
-                                _num(m.get("exact_match")), _num(m.get("elementwise")), status,
-                                r["device"], _wall(r)])  # fmt: skip
+            neural_rows.append(
+                [
+                    str(n),
+                    _num(exact),
+                    _num(elementwise),
+                    f"`{run}`",
+                    setting(c),
+                    _num(m.get("exact_match")),
+                    _num(m.get("elementwise")),
+                    status,
+                    r["device"],
+                    _wall(r),
+                ]
+            )
     return [
         "### Sorting, paper protocol: 3-digit MNIST numbers (paper §3.3, Fig. 6)",
         "",
@@ -223,7 +279,7 @@ def _sort(results: list[tuple[str, dict]]) -> list[str]:
                 "wall",
             ],
             paper_rows,
-        ),  # fmt: skip
+        ),
         "",
         "### Sorting, NeuralSort protocol: 4-digit MNIST numbers (Grover et al. 2019, Table 1)",
         "",
@@ -241,7 +297,7 @@ def _sort(results: list[tuple[str, dict]]) -> list[str]:
                 "wall",
             ],
             neural_rows,
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -258,8 +314,15 @@ def render(results: list[tuple[str, dict]], root: str = str(ROOT)) -> str:
         "only. Runs appear here once their folders (e.g. a campaign's `results/<job>/`) are "
         "committed there and `python -m bench.experiments tables --write` is run."
     )
-    parts = [intro, "", *_identity(groups["identity"]), "", *_attention(groups["attention"]),
-             "", *_sort(groups["sort"])]  # fmt: skip
+    parts = [
+        intro,
+        "",
+        *_identity(groups["identity"]),
+        "",
+        *_attention(groups["attention"]),
+        "",
+        *_sort(groups["sort"]),
+    ]
     return "\n".join(parts) + "\n"
 
 
@@ -278,9 +341,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the tables command."""
     parser.add_argument("--root", default=str(ROOT), help="folder searched for results.json")
     parser.add_argument(
-        "--write", nargs="?", const=str(DOC), default=None, metavar="DOC",
+        "--write",
+        nargs="?",
+        const=str(DOC),
+        default=None,
+        metavar="DOC",
         help=f"rewrite the marked section of DOC (default {DOC}) instead of printing",
-    )  # fmt: skip
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -295,9 +362,11 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.experiments.tables", description=__doc__.split("\n\n")[0],
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        prog="python -m bench.experiments.tables",
+        description=__doc__.split("\n\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
     run(parser.parse_args(argv))
 

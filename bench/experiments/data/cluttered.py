@@ -79,8 +79,10 @@ def generate_cluttered(
 
     m = digits.shape[0]
     n_blocks = -(-n // _BLOCK)
-    streams = [np.random.Generator(np.random.PCG64(s)) for s in
-               np.random.SeedSequence(seed).spawn(1 + n_blocks)]  # fmt: skip
+    streams = [
+        np.random.Generator(np.random.PCG64(s))
+        for s in np.random.SeedSequence(seed).spawn(1 + n_blocks)
+    ]
     order = np.concatenate([streams[0].permutation(m) for _ in range(max(1, -(-n // m)))])[:n]
     images = np.zeros((n, canvas, canvas), dtype=np.uint8)
     scratch = np.zeros((canvas, canvas), dtype=np.uint16)
