@@ -14,28 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hyperkern.hypernets import PerSampleMLPHypernetwork
-from tests.grid import (
-    CONTIGUITY,
-    CONTIGUOUS,
-    DEVICE,
-    DEVICES,
-    DTYPES,
-    HAS_CUDA,
-    SIZES_WITH_EMPTY,
-    assert_close,
-    grid,
-    magnitude,
-    make_layout,
-)
+from tests import grid as tg
 
 
-def make_inputs(batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE, contiguous=True):
+def make_inputs(batch, in_f, out_f, e_dim, dtype, seed=0, device=tg.DEVICE, contiguous=True):
     """x (batch, in), e (batch, e_dim), weight (out * in, e_dim), bias (out * in,) requiring
     grad; in a strided layout unless ``contiguous``."""
     g = torch.Generator().manual_seed(seed)
     shapes = [(batch, in_f), (batch, e_dim), (out_f * in_f, e_dim), (out_f * in_f,)]
     return [
-        make_layout(
+        tg.make_layout(
             torch.randn(s, dtype=dtype, generator=g).to(device), contiguous
         ).requires_grad_()
         for s in shapes
@@ -48,16 +36,16 @@ def _assert_close(got, want, want32, dtype, name):
     of torch's own float32 reference, since long reductions (in * e_dim terms) make
     elementwise tolerances meaningless near zero."""
     if dtype == torch.float64:
-        assert_close(got, want, msg=name)
+        tg.assert_close(got, want, msg=name)
         return
-    assert_close(got, want, scale=magnitude(want), msg=name)
+    tg.assert_close(got, want, scale=tg.magnitude(want), msg=name)
     err = (got.double() - want).norm().item()
     baseline = (want32.double() - want).norm().item()
     assert err <= 4 * baseline + 1e-5 * want.norm().item(), (name, err, baseline)
 
 
 def check_against_reference(
-    batch, in_f, out_f, e_dim, dtype, seed=0, device=DEVICE, contiguous=True
+    batch, in_f, out_f, e_dim, dtype, seed=0, device=tg.DEVICE, contiguous=True
 ):
     args = make_inputs(batch, in_f, out_f, e_dim, dtype, seed, device, contiguous)
     ref_args = [a.detach().double().requires_grad_(True) for a in args]
@@ -84,16 +72,16 @@ SHAPES_32 = [(1, 1, 1, 1), (0, 3, 2, 2), (13, 11, 7, 5)]
 
 
 # Contiguous float64 on every shape, both dtypes and layouts on the float32 shapes.
-@grid(
-    {"shape": SHAPES_64, "dtype": [torch.float64], "contiguous": CONTIGUOUS},
-    {"shape": SHAPES_32, "dtype": DTYPES, "contiguous": CONTIGUITY},
-    device=DEVICES,
+@tg.grid(
+    {"shape": SHAPES_64, "dtype": [torch.float64], "contiguous": tg.CONTIGUOUS},
+    {"shape": SHAPES_32, "dtype": tg.DTYPES, "contiguous": tg.CONTIGUITY},
+    device=tg.DEVICES,
 )
 def test_matches_reference(shape, dtype, contiguous, device):
     check_against_reference(*shape, dtype, device=device, contiguous=contiguous)
 
 
-@grid(batch=SIZES_WITH_EMPTY)
+@tg.grid(batch=tg.SIZES_WITH_EMPTY)
 def test_awkward_batch_sizes_strided(batch):
     check_against_reference(batch, 3, 2, 2, torch.float64, seed=batch, contiguous=False)
 
@@ -118,27 +106,27 @@ def test_gradcheck_float64():
 def test_non_contiguous_inputs_and_partial_grads():
     x, e, a, c = make_inputs(6, 5, 4, 3, torch.float64, seed=2)
     xt = x.detach().t().contiguous().t()  # same values, transposed strides
-    weight_t = make_layout(a.detach(), contiguous=False).requires_grad_(True)
+    weight_t = tg.make_layout(a.detach(), contiguous=False).requires_grad_(True)
     y = hyper_linear(xt, e, weight_t, c)
-    assert_close(y, reference(x, e, a, c))
+    tg.assert_close(y, reference(x, e, a, c))
     (de,) = torch.autograd.grad(y.sum(), [e])
     (de_ref,) = torch.autograd.grad(reference(x, e, a, c).sum(), [e])
-    assert_close(de, de_ref)
+    tg.assert_close(de, de_ref)
 
 
 def test_per_sample_mlp_fused_path_equals_bmm():
-    hyper = PerSampleMLPHypernetwork((6, 5, 3), embedding_dim=4, seed=0).double().to(DEVICE)
+    hyper = PerSampleMLPHypernetwork((6, 5, 3), embedding_dim=4, seed=0).double().to(tg.DEVICE)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(7, 6, dtype=torch.float64, generator=g).to(DEVICE)
-    e = torch.randn(7, 4, dtype=torch.float64, generator=g).to(DEVICE).requires_grad_(True)
+    x = torch.randn(7, 6, dtype=torch.float64, generator=g).to(tg.DEVICE)
+    e = torch.randn(7, 4, dtype=torch.float64, generator=g).to(tg.DEVICE).requires_grad_(True)
     results = []
     for path in ("bmm", "fused"):
         out = hyper(x, e, backend=path)
         grads = torch.autograd.grad(out.pow(2).sum(), [e, *hyper.parameters()])
         results.append((out, grads))
-    assert_close(results[1][0], results[0][0])
+    tg.assert_close(results[1][0], results[0][0])
     for got, want in zip(results[1][1], results[0][1], strict=True):
-        assert_close(got, want)
+        tg.assert_close(got, want)
 
 
 @pytest.mark.parametrize(
@@ -167,15 +155,15 @@ def test_rejects_bad_input(mutate, error, match):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.skipif(not tg.HAS_CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (257, 129, 67, 13), (1024, 256, 128, 32)])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", tg.DTYPES)
 def test_cuda_matches_reference(shape, dtype):
     check_against_reference(*shape, dtype, device="cuda")
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.skipif(not tg.HAS_CUDA, reason="needs CUDA")
 def test_cuda_rejects_mixed_devices():
     x, e, a, c = [t.detach() for t in make_inputs(3, 4, 2, 3, torch.float32, device="cuda")]
     with pytest.raises(ValueError, match="e is on cpu"):
