@@ -50,7 +50,7 @@ def _check_tensors(
     k = means.shape[-2]
     if k < 1:
         raise ValueError(f"means must hold k >= 1 index tuples, got shape {tuple(means.shape)}")
-    learn = check_template(template, learn, k, dims)
+    learn = check_template(template, learn, k, dims, read_values=options.validate)
     r = len(dims) if learn is None else len(learn)
     what = f"r = len(out_shape) + x.dim() - 1 = {r}" if learn is None else f"r = len(learn) = {r}"
     if means.dim() == 2:

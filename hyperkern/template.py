@@ -22,15 +22,15 @@ import torch
 from torch import Tensor
 
 from hyperkern import library, reference
-from hyperkern._shared import default_region, resolve_key_kind
+from hyperkern._shared import context_count, default_region, resolve_key_kind
 
 
 def check_template(
-    template: object, learn: object, k: int, dims: Sequence[int]
+    template: object, learn: object, k: int, dims: Sequence[int], read_values: bool = True
 ) -> tuple[int, ...] | None:
     """Validate a template against ``k`` means and W's ``dims``; return ``learn`` as a sorted
-    tuple (``None`` without a template). Reads the template's values on the host (once, when a
-    module is built or a functional call checks its arguments)."""
+    tuple (``None`` without a template). ``read_values`` also checks the fixed columns' bounds,
+    a host read: modules do it once when built, functional calls only with ``validate=True``."""
     if template is None:
         if learn is not None:
             raise ValueError("learn (the learned columns) needs a template")
@@ -46,7 +46,7 @@ def check_template(
     columns = tuple(sorted(set(learn)))
     if not columns or len(columns) != len(learn) or not all(0 <= c < r for c in columns):
         raise ValueError(f"learn must be distinct columns in [0, {r}), got {tuple(learn)}")
-    for c in range(r):
+    for c in range(r if read_values else 0):
         upper = dims[c] if dims[c] is not None else torch.iinfo(torch.int64).max
         if c not in columns and bool(((template[:, c] < 0) | (template[:, c] >= upper)).any()):
             raise ValueError(f"template column {c} must lie in [0, {dims[c]})")
@@ -93,8 +93,7 @@ def templated_weight(
     )  # fmt: skip
     tuples = fill(template, points, learn)
     keys = reference.tuple_keys(tuples, list(dims))
-    cs = options.context_size or means.shape[1]
-    cs = min(cs, means.shape[1])
+    cs = context_count(means.shape[1], options.context_size)[1]
     duplicates = library.duplicate_mask(keys, cs, triton)
     chunk = min(options.chunk_size or cs, cs)
     vprime, _ = library.proportions(points, mu, sigma, values, duplicates, cs, chunk, triton)
