@@ -6,8 +6,8 @@ key ``(seed mod 2^32, seed >> 32)`` and counter ``(n mod 2^32, n >> 32, 0, 0)``,
 ``(u * high) >> 32`` (``high < 2^31``; bias below ``high / 2^32``). Same seed, same stream, on
 every device and in both backends; nothing depends on a device generator's state.
 
-uint32 arithmetic is emulated in int64: a product of two 32-bit words is split in 16-bit halves
-so that no intermediate overflows.
+uint32 arithmetic is emulated in int64: a product of two 32-bit words is one wrapping int64
+product.
 """
 
 from __future__ import annotations
@@ -23,16 +23,6 @@ from hyperkern._shared import (
 )
 
 _LOW32 = 0xFFFFFFFF
-
-
-def _mul32(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(hi, lo)`` 32-bit words of ``a * b`` for a 32-bit constant ``a`` and int64 ``b < 2^32``."""
-    a_hi, a_lo = a >> 16, a & 0xFFFF
-    t1 = b * a_hi  # < 2^48
-    t2 = b * a_lo  # < 2^48
-    hi = (t1 + (t2 >> 16)) >> 16
-    lo = (((t1 & 0xFFFF) << 16) + t2) & _LOW32
-    return hi & _LOW32, lo
 
 
 def philox_word0(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
@@ -51,9 +41,13 @@ def philox_word0(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
     for _ in range(PHILOX_ROUNDS):
-        hi_b, lo_b = _mul32(PHILOX_ROUND_B, c2)
-        hi_a, lo_a = _mul32(PHILOX_ROUND_A, c0)
-        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        # int64 products wrap modulo 2^64 and so keep all 64 bits of the unsigned product: the
+        # high word is bits 32..63. Only the words that are multiplied next (c0, c2) are masked
+        # to 32 bits; c1 and c3 are only xor-ed into them before a mask.
+        product_b, product_a = c2 * PHILOX_ROUND_B, c0 * PHILOX_ROUND_A
+        c0 = (product_b >> 32).bitwise_xor_(c1).bitwise_xor_(k0).bitwise_and_(_LOW32)
+        c2 = (product_a >> 32).bitwise_xor_(c3).bitwise_xor_(k1).bitwise_and_(_LOW32)
+        c1, c3 = product_b, product_a
         k0 = (k0 + PHILOX_KEY_A) & _LOW32
         k1 = (k1 + PHILOX_KEY_B) & _LOW32
     return c0
