@@ -11,8 +11,9 @@ normalised by a softmax over its own sampled entries (duplicates and, with ``cau
 keys after ``i`` are left out), and the output is ``sum_j a_ij v_j``.
 
 Memory is ``O(t k S)`` per head (``S`` samples per mean), never ``(t, t)``. Scores and outputs
-run on the library's ops (``hyperkern::contract_dvprime`` and ``hyperkern::contract``), so the
-Triton kernels take them on CUDA and ``torch.compile(fullgraph=True)`` traces the module.
+run on the library's row-grouped ops (``hyperkern::contract_rows_dot`` and
+``hyperkern::contract_rows``: a query's sampled keys are one row, no sort), so the Triton
+kernels take them on CUDA and ``torch.compile(fullgraph=True)`` traces the module.
 """
 
 from __future__ import annotations
@@ -126,19 +127,18 @@ class SparseSelfAttention(nn.Module):
             raise ValueError(f"x must have shape (b, t, emb={self.emb}), got {tuple(x.shape)}")
         check_generator(generator)
         b, t, _ = x.shape
-        h, k, d = self.heads, self.k, self.emb // self.heads
+        h, d = self.heads, self.emb // self.heads
         triton = resolve(self.backend, x.device)
         mu, sigma = self.key_positions(x)
         points, cols, keep, vprime = self._sample(mu, sigma, t, triton, generator)
-        rows = torch.arange(t, device=x.device).repeat_interleave(k * points.shape[2])
-        rows = rows.expand(b * h, -1)
+        cols, keep, vprime = (part.view(b * h, t, -1) for part in (cols, keep, vprime))
         qkv = self.to_qkv(x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)
         q, key, v = (part.reshape(b * h, t, d) for part in qkv)
         work = torch.promote_types(q.dtype, torch.float32)
-        scores = library.contract_dvprime(rows, cols, key.to(work), q.to(work), triton)
+        scores = library.contract_rows_dot(cols, key.to(work), q.to(work), triton)
         scores = (scores * vprime / math.sqrt(d)).masked_fill(~keep, float("-inf"))
-        attention = torch.softmax(scores.view(b * h, t, -1), dim=-1).nan_to_num(0.0)
-        out = library.contract(rows, cols, attention.view(b * h, -1), v.to(work), t, False, triton)
+        attention = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        out = library.contract_rows(cols, attention, v.to(work), triton)
         out = out.view(b, h, t, d).transpose(1, 2).reshape(b, t, self.emb).to(x.dtype)
         return self.unify(out)
 

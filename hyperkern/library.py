@@ -11,6 +11,8 @@ registered once per op. No implementation reads a device value on the host.
 - ``hyperkern::duplicate_mask``: repeats of a key within a context;
 - ``hyperkern::proportions`` (+ ``proportions_backward``): ``v'`` and per-mean normalisers;
 - ``hyperkern::contract`` (+ ``contract_dvprime``): ``y = W x``;
+- ``hyperkern::contract_rows`` (+ ``contract_rows_dot``): ``y = W x`` for a W whose rows hold
+  ``m`` nonzeros each (sampled attention);
 - ``hyperkern::sparse_weight`` (+ ``sparse_weight_backward``): raw parameters -> the sampled W's
   ``(rows, cols, v')``: transforms, ``sample``, ``duplicate_mask`` and ``proportions`` in one
   op, so that a layer step issues a handful of ops.
@@ -216,6 +218,76 @@ def _dvprime_grad(ctx, g):
 
 
 contract_dvprime.register_autograd(_dvprime_grad, setup_context=_dvprime_setup)
+
+
+# ---- row-grouped contraction: output row i holds the m nonzeros cols[:, i] ------------------
+
+#: ``cols``, ``vprime`` ``(B, n, m)`` times ``x (b, n_in, c)`` -> ``(b, n, c)``: ``contract``
+#: for a W in ELL layout (sampled attention: a query's sampled keys), with no sort or scatter.
+contract_rows = _launcher_op(
+    "contract_rows",
+    "(Tensor cols, Tensor vprime, Tensor x, bool triton) -> Tensor",
+    "contract_rows",
+)
+
+
+@contract_rows.register_fake
+def _(cols, vprime, x, triton):
+    return x.new_empty(x.shape[0], cols.shape[1], x.shape[2])
+
+
+#: ``s[i, s] = <z[i], x[cols[i, s]]>`` ``(B, n, m)`` from ``x (b, n_in, c)``, ``z (b, n, c)``:
+#: ``contract_rows``' gradient in ``v'`` and the scores of sampled attention.
+contract_rows_dot = _launcher_op(
+    "contract_rows_dot",
+    "(Tensor cols, Tensor x, Tensor z, bool triton) -> Tensor",
+    "contract_rows_dot",
+)
+
+
+@contract_rows_dot.register_fake
+def _(cols, x, z, triton):
+    return x.new_empty(cols.shape)
+
+
+def _scatter_rows(cols, values, src, n_in: int, triton: bool):
+    """``W^T src`` for a row-grouped W: ``dst[cols[i, s]] += values[i, s] src[i]`` ``(b, n_in,
+    c)``, the segment-reduced ``contract`` with rows and cols swapped."""
+    B, n, m = cols.shape
+    row_ids = torch.arange(n, device=cols.device).repeat_interleave(m).expand(B, n * m)
+    flat = cols.reshape(B, n * m)
+    return contract(flat, row_ids, values.reshape(B, n * m), src, n_in, True, triton)
+
+
+def _rows_setup(ctx, inputs, output) -> None:
+    *tensors, ctx.triton = inputs
+    ctx.save_for_backward(*tensors)
+
+
+def _contract_rows_grad(ctx, grad_y):
+    cols, vprime, x = ctx.saved_tensors
+    grad_y = grad_y.contiguous()
+    d_vprime = d_x = None
+    if ctx.needs_input_grad[1]:
+        d_vprime = contract_rows_dot(cols, x, grad_y, ctx.triton)
+    if ctx.needs_input_grad[2]:
+        d_x = _scatter_rows(cols, vprime, grad_y, x.shape[1], ctx.triton)
+    return None, d_vprime, d_x, None
+
+
+def _contract_rows_dot_grad(ctx, g):
+    cols, x, z = ctx.saved_tensors
+    g = g.contiguous()
+    d_x = d_z = None
+    if ctx.needs_input_grad[1]:  # dx[cols[i, s]] += g[i, s] z[i]
+        d_x = _scatter_rows(cols, g, z, x.shape[1], ctx.triton)
+    if ctx.needs_input_grad[2]:  # dz[i] += sum_s g[i, s] x[cols[i, s]]
+        d_z = contract_rows(cols, g, x, ctx.triton)
+    return None, d_x, d_z, None
+
+
+contract_rows.register_autograd(_contract_rows_grad, setup_context=_rows_setup)
+contract_rows_dot.register_autograd(_contract_rows_dot_grad, setup_context=_rows_setup)
 
 
 # ---- the sampled W from raw parameters ------------------------------------------------------

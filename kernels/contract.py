@@ -275,3 +275,32 @@ def contract_dvprime(rows: Tensor, cols: Tensor, x: Tensor, grad_y: Tensor) -> T
         grid = (_check_grid(n_w * triton.cdiv(P, tiles["BLOCK_P"])),)
         _gather_dot_kernel[grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, **tiles)
     return dv
+
+
+@half_as_float32
+def contract_rows(cols: Tensor, vprime: Tensor, x: Tensor) -> Tensor:
+    """Row-grouped W (row ``i`` holds the nonzeros ``cols[:, i]``): ``cols``, ``vprime``
+    ``(B, n, m)``, ``x (b, n_in, c)`` -> ``(b, n, c)``. The segments are the rows themselves,
+    so :func:`_segment_kernel` runs on offsets ``m * g`` without a sort."""
+    cols, vprime, x = guard(cols, vprime.to(x.dtype), x)
+    B, n, m = cols.shape
+    b, n_in, c = x.shape
+    if B * n == 0 or b * c == 0 or m == 0:
+        return torch.zeros(b, n, c, dtype=x.dtype, device=x.device)
+    src = _fold_batch(B, x)
+    nq = src.shape[2]
+    dst = torch.empty(src.shape[0], n, nq, dtype=x.dtype, device=x.device)
+    offsets = torch.arange(B * n + 1, device=x.device) * m
+    tiles = _pinned(nq)
+    n_programs = _check_grid(B * n * triton.cdiv(nq, tiles["BLOCK_Q"]))
+    with on_device(x):
+        _segment_kernel[(n_programs,)](offsets, cols, vprime, src, dst, n, n_in, nq, **tiles)
+    return _unfold_batch(dst, b, c)
+
+
+def contract_rows_dot(cols: Tensor, x: Tensor, z: Tensor) -> Tensor:
+    """``(B, n, m)`` sampled dot products ``<z[i], x[cols[i, s]]>`` of a row-grouped W: the
+    gather-dot of :func:`contract_dvprime` with row ``i`` for each of its ``m`` nonzeros."""
+    B, n, m = cols.shape
+    rows = torch.arange(n, device=cols.device).repeat_interleave(m).expand(B, n * m)
+    return contract_dvprime(rows, cols.reshape(B, n * m), x, z).view(B, n, m)

@@ -7,7 +7,15 @@ the implementations of one ``torch.library`` op each.
 """
 
 from .contexts import context_count, from_contexts, to_contexts
-from .contract import contract, contract_dvprime, contract_forward, flatten_tuples, row_major_index
+from .contract import (
+    contract,
+    contract_dvprime,
+    contract_forward,
+    contract_rows,
+    contract_rows_dot,
+    flatten_tuples,
+    row_major_index,
+)
 from .keys import (
     cantor_fits,
     cantor_keys,
@@ -43,6 +51,8 @@ __all__ = [
     "contract",
     "contract_dvprime",
     "contract_forward",
+    "contract_rows",
+    "contract_rows_dot",
     "default_region",
     "dims_tensor",
     "duplicate_mask",

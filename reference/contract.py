@@ -26,10 +26,10 @@ def flatten_tuples(
     return row_major_index(points[..., :m], out_shape), row_major_index(points[..., m:], in_shape)
 
 
-# Nonzeros are processed in chunks of about this many gathered elements (256 KiB in float32):
+# Nonzeros are processed in chunks of about this many gathered elements (512 KiB in float32):
 # the gathered rows stay in cache and no buffer of P rows is allocated. One (P, c) buffer per
 # operand cost 6x more time at P = 393k, c = 16 (page faults on fresh memory, cache misses).
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 17
 
 
 def _flat_index(index: torch.Tensor, b: int, n: int) -> torch.Tensor:
@@ -143,3 +143,69 @@ def contract_dvprime(
         return dv[None]
     dv = dv.view(b, P)
     return dv.sum(0, keepdim=True) if B == 1 else dv
+
+
+# ---- row-grouped W: every output row holds m nonzeros (ELL layout) --------------------------
+
+
+def _ell_operands(cols: torch.Tensor, x: torch.Tensor):
+    """``(shared, flat cols, table)``: ``cols (B, n, m)`` as indices into the rows of
+    :func:`_row_table` of ``x (b, n_in, c)`` (``B == 1 < b``: one index for the batch)."""
+    B, n, m = cols.shape
+    b, n_in, _ = x.shape
+    shared = B == 1 and b > 1
+    flat = (
+        cols.reshape(-1) if shared else _flat_index(cols.expand(b, n, m).reshape(b, n * m), b, n_in)
+    )
+    return shared, flat, _row_table(x, shared)
+
+
+@half_as_float32
+def contract_rows(cols: torch.Tensor, vprime: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y[b, i] = sum_s vprime[i, s] x[b, cols[i, s]]``: :func:`contract` for a W whose output
+    row ``i`` holds the ``m`` nonzeros ``cols[:, i]`` (no scatter: a gather and a batched
+    product per chunk of rows).
+
+    Args:
+        cols: ``(B, n, m)`` int64 input index per nonzero; ``vprime``: ``(B, n, m)``.
+        x: ``(b, n_in, c)``; ``B == b`` (one W per instance) or ``B == 1`` (shared).
+    Returns:
+        ``(b, n, c)``.
+    """
+    B, n, m = cols.shape
+    b, _, c = x.shape
+    shared, flat, table = _ell_operands(cols, x)
+    rows = n if shared else b * n
+    values = vprime.reshape(rows, 1, m) if shared else vprime.expand(b, n, m).reshape(rows, 1, m)
+    width = table.shape[1]
+    out = table.new_zeros(values.shape[0], width)
+    for start, stop in _chunks(values.shape[0], m * width) if m else ():
+        gathered = table.index_select(0, flat[start * m : stop * m]).view(stop - start, m, width)
+        out[start:stop] = torch.bmm(values[start:stop].to(table.dtype), gathered).squeeze(1)
+    return out.view(n, b, c).transpose(0, 1).contiguous() if shared else out.view(b, n, c)
+
+
+@half_as_float32
+def contract_rows_dot(cols: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``s[i, s] = sum_{b, c} z[b, i, c] x[b, cols[i, s], c]`` (summed over the batch for a
+    shared W): :func:`contract_dvprime` for the row-grouped W of :func:`contract_rows`, and the
+    scores of sampled attention (``z`` the queries, ``x`` the keys).
+
+    Args:
+        cols: ``(B, n, m)`` int64; ``x``: ``(b, n_in, c)``; ``z``: ``(b, n, c)``.
+    Returns:
+        ``(B, n, m)`` in the dtype of ``x``.
+    """
+    B, n, m = cols.shape
+    b = x.shape[0]
+    shared, flat, table = _ell_operands(cols, x)
+    queries = _row_table(z.to(x.dtype), shared)[:, None, :]  # (rows, 1, width)
+    width = table.shape[1]
+    out = table.new_zeros(queries.shape[0], m)
+    for start, stop in _chunks(queries.shape[0], m * width) if m else ():
+        gathered = table.index_select(0, flat[start * m : stop * m]).view(stop - start, m, width)
+        out[start:stop] = (gathered * queries[start:stop]).sum(-1)
+    if shared:
+        return out[None]
+    out = out.view(b, n, m)
+    return out.sum(0, keepdim=True) if B == 1 else out

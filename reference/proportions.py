@@ -146,10 +146,17 @@ def _exp_(logd: torch.Tensor) -> torch.Tensor:
     return logd.clamp_(min=floor).exp_()
 
 
-def _blocks(C: int, P: int, cs: int, chunk: int | None):
-    per_block = max(1, _BLOCK_ELEMENTS // max(C * P, 1))
-    size = min(cs, per_block if chunk is None else min(chunk, per_block))
-    return [slice(m0, m0 + size) for m0 in range(0, cs, max(size, 1))]
+def _blocks(C: int, P: int, cs: int, chunk: int | None) -> list[tuple[slice, slice]]:
+    """``(contexts, means)`` slices whose ``(contexts, P, means)`` blocks hold about
+    ``_BLOCK_ELEMENTS`` (so each stays in cache): all of a context's means at once where ``P``
+    allows (many small contexts, as in attention), else blocks of means over every context."""
+    means = max(1, min(cs, _BLOCK_ELEMENTS // max(P, 1), chunk or cs))
+    contexts = max(1, _BLOCK_ELEMENTS // max(P * means, 1))
+    return [
+        (slice(c0, c0 + contexts), slice(m0, m0 + means))
+        for c0 in range(0, max(C, 1), contexts)
+        for m0 in range(0, cs, means)
+    ]
 
 
 @half_as_float32
@@ -177,18 +184,18 @@ def proportions_forward(
     coef = -0.5 / sigma_c
     out = mu.new_zeros(C, P)
     lognorm = mu.new_zeros(C, cs)
-    for part in _blocks(C, P, cs, chunk_size):
-        logd = _block_logd(pts, mu_c[:, part], coef[:, part], dup_c)
-        top = logd.amax(1, keepdim=True) if P else logd.new_full((C, 1, logd.shape[2]), -torch.inf)
+    for ctx, part in _blocks(C, P, cs, chunk_size):
+        logd = _block_logd(pts[ctx], mu_c[ctx, part], coef[ctx, part], dup_c[ctx])
+        top = logd.amax(1, keepdim=True) if P else logd.new_full(logd[:, :1].shape, -torch.inf)
         empty = torch.isinf(top)  # every point of the mean masked: it contributes nothing
         top = torch.where(empty, torch.zeros_like(top), top)
         norm = _exp_(logd.sub_(top))  # exp(logd - top), in place
         total = norm.sum(1, keepdim=True)
         live = (total > 0) & ~empty
         block_lognorm = torch.where(live, total.log() + top, torch.zeros_like(top))
-        lognorm[:, part] = block_lognorm[:, 0]
-        scale = torch.where(live, values_c[:, None, part] / total, torch.zeros_like(total))
-        out.add_(torch.bmm(norm, scale.transpose(1, 2)).squeeze(2))  # sum_m prop * values
+        lognorm[ctx, part] = block_lognorm[:, 0]
+        scale = torch.where(live, values_c[ctx, None, part] / total, torch.zeros_like(total))
+        out[ctx] += torch.bmm(norm, scale.transpose(1, 2)).squeeze(2)  # sum_m prop * values
     out.masked_fill_(dup_c, 0.0)
     vprime = from_contexts(out.reshape(C, cs, S), B, k)
     return vprime, from_contexts(lognorm, B, k)
@@ -217,19 +224,19 @@ def proportions_backward(
     lognorm_c = to_contexts(lognorm, context_size)
     coef = -0.5 / sigma_c
     dmu, dsigma, dvalues = torch.zeros_like(mu_c), torch.zeros_like(sigma_c), mu.new_zeros(C, cs)
-    for part in _blocks(C, P, cs, None):
-        logd = _block_logd(pts, mu_c[:, part], coef[:, part], dup_c)
-        prop = _exp_(logd.sub_(lognorm_c[:, None, part]))  # (C, P, mb)
-        a = torch.bmm(g[:, None, :], prop).squeeze(1)  # (C, mb)
-        dvalues[:, part] = a
+    for ctx, part in _blocks(C, P, cs, None):
+        logd = _block_logd(pts[ctx], mu_c[ctx, part], coef[ctx, part], dup_c[ctx])
+        prop = _exp_(logd.sub_(lognorm_c[ctx, None, part]))  # (c, P, mb)
+        a = torch.bmm(g[ctx, None, :], prop).squeeze(1)  # (c, mb)
+        dvalues[ctx, part] = a
         # g centred on its prop-weighted mean a / W: W = sum_j prop is 1 up to rounding, and
         # that rounding, times g, would swamp (g - a) where one point holds nearly all mass
         weight = prop.sum(1)
         g_mean = torch.where(weight > 0, a / torch.where(weight > 0, weight, 1.0), 0.0)
-        dlogd = prop.mul_(g[:, :, None] - g_mean[:, None, :]).mul_(values_c[:, None, part])
+        dlogd = prop.mul_(g[ctx, :, None] - g_mean[:, None, :]).mul_(values_c[ctx, None, part])
         for d in range(r):
-            diff = pts[:, :, d, None] - mu_c[:, None, part, d]
+            diff = pts[ctx, :, d, None] - mu_c[ctx, None, part, d]
             weighted = dlogd * diff
-            dmu[:, part, d] = weighted.sum(1) / sigma_c[:, part, d]
-            dsigma[:, part, d] = (weighted * diff).sum(1) / (2 * sigma_c[:, part, d] ** 2)
+            dmu[ctx, part, d] = weighted.sum(1) / sigma_c[ctx, part, d]
+            dsigma[ctx, part, d] = (weighted * diff).sum(1) / (2 * sigma_c[ctx, part, d] ** 2)
     return from_contexts(dmu, B, k), from_contexts(dsigma, B, k), from_contexts(dvalues, B, k)
