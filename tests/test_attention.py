@@ -128,3 +128,18 @@ def test_bad_input_names_the_shape():
     module = _module("torch", causal=False, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"\(b, t, emb=8\)"):
         module(torch.randn(2, 5, 7))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_row_keeps_a_key_so_outputs_stay_finite(causal):
+    """Means pushed to the ends of their range (huge source outputs), in both modes: no row is
+    left without a key, so the softmax never sees an all -inf row (no NaN)."""
+    module = _module("torch", causal, dtype=torch.float32, n_local=0, n_global=0)
+    with torch.no_grad():
+        module.to_params[-1].bias.mul_(1e4).add_(torch.randn_like(module.to_params[-1].bias) * 1e4)
+    x = 100 * torch.randn(3, 17, 8, requires_grad=True)
+    for train in (True, False):
+        module.train(train)
+        y = module(x, generator=torch.Generator().manual_seed(1))
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert y.isfinite().all() and grad.isfinite().all()
