@@ -222,32 +222,29 @@ contract_dvprime.register_autograd(_dvprime_grad, setup_context=_dvprime_setup)
 
 # ---- row-grouped contraction: output row i holds the m nonzeros cols[:, i] ------------------
 
+
+def _op_with_fake(name: str, schema: str, fake) -> CustomOpDef:
+    """:func:`_launcher_op` of the launcher ``name``, with ``fake`` as its fake implementation."""
+    op = _launcher_op(name, schema, name)
+    op.register_fake(fake)
+    return op
+
+
 #: ``cols``, ``vprime`` ``(B, n, m)`` times ``x (b, n_in, c)`` -> ``(b, n, c)``: ``contract``
 #: for a W in ELL layout (sampled attention: a query's sampled keys), with no sort or scatter.
-contract_rows = _launcher_op(
+contract_rows = _op_with_fake(
     "contract_rows",
     "(Tensor cols, Tensor vprime, Tensor x, bool triton) -> Tensor",
-    "contract_rows",
+    lambda cols, vprime, x, triton: x.new_empty(x.shape[0], cols.shape[1], x.shape[2]),
 )
-
-
-@contract_rows.register_fake
-def _(cols, vprime, x, triton):
-    return x.new_empty(x.shape[0], cols.shape[1], x.shape[2])
-
 
 #: ``s[i, s] = <z[i], x[cols[i, s]]>`` ``(B, n, m)`` from ``x (b, n_in, c)``, ``z (b, n, c)``:
 #: ``contract_rows``' gradient in ``v'`` and the scores of sampled attention.
-contract_rows_dot = _launcher_op(
+contract_rows_dot = _op_with_fake(
     "contract_rows_dot",
     "(Tensor cols, Tensor x, Tensor z, bool triton) -> Tensor",
-    "contract_rows_dot",
+    lambda cols, x, z, triton: x.new_empty(cols.shape),
 )
-
-
-@contract_rows_dot.register_fake
-def _(cols, x, z, triton):
-    return x.new_empty(cols.shape)
 
 
 def _scatter_rows(cols, values, src, n_in: int, triton: bool):
