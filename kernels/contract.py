@@ -19,6 +19,10 @@ shared by the batch. Inside the kernels the dense side is ``(instances, n, C)``:
   with ``tl.atomic_add`` and skips the sort; the summation order, and so the last bits, may
   change from run to run. Its tiles are autotuned on sizes rounded up to powers of two.
 
+- row-grouped W (:func:`contract_rows`, row ``i`` holds the ``m`` nonzeros ``cols[:, i]``, as
+  in sampled attention): the segments are the rows, so :func:`_segment_kernel` runs on the
+  offsets ``m g`` with no sort; its ``dv'`` (and attention's scores) is :func:`_rows_dot_kernel`.
+
 Grids are one-dimensional (axis 0 takes 2^31 - 1 programs, the others 65535), so any batch or
 channel count launches. Half-precision inputs run in float32 (:func:`half_as_float32`).
 
@@ -176,6 +180,33 @@ def _gather_dot_kernel(
     tl.store(dv_ptr + inst * P + j, tl.sum(acc, axis=1), mask=mask_j)
 
 
+@triton.jit
+def _rows_dot_kernel(
+    cols_ptr, z_ptr, x_ptr, out_ptr,
+    P, m, n, n_in, C,
+    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+):  # fmt: skip
+    """out[i, j] = sum_q z[i, j // m, q] * x[i, cols[i, j], q] for the row-grouped W of
+    :func:`contract_rows` (``P = n m`` nonzeros per instance, row ``j // m``): the gather-dot
+    of :func:`_gather_dot_kernel` with the row computed, not loaded."""
+    pid = tl.program_id(0).to(tl.int64)
+    n_p = tl.cdiv(P, BLOCK_P)
+    inst = pid // n_p
+    j = (pid % n_p) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_j = j < P
+    row = j // m
+    col = tl.load(cols_ptr + inst * P + j, mask=mask_j, other=0)
+    ok = mask_j & (col >= 0) & (col < n_in)
+    acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=out_ptr.dtype.element_ty)
+    for q0 in range(0, C, BLOCK_Q):
+        q = q0 + tl.arange(0, BLOCK_Q)
+        mask = ok[:, None] & (q < C)[None, :]
+        z = tl.load(z_ptr + (inst * n + row[:, None]) * C + q[None, :], mask=mask, other=0.0)
+        x = tl.load(x_ptr + (inst * n_in + col[:, None]) * C + q[None, :], mask=mask, other=0.0)
+        acc += z * x
+    tl.store(out_ptr + inst * P + j, tl.sum(acc, axis=1), mask=mask_j)
+
+
 _scatter = {
     narrow: triton.autotune(
         configs=_scatter_configs(narrow), key=["P_KEY", "N_KEY", "C_KEY"], reset_to_zero=["dst_ptr"]
@@ -298,9 +329,20 @@ def contract_rows(cols: Tensor, vprime: Tensor, x: Tensor) -> Tensor:
     return _unfold_batch(dst, b, c)
 
 
+@half_as_float32
 def contract_rows_dot(cols: Tensor, x: Tensor, z: Tensor) -> Tensor:
-    """``(B, n, m)`` sampled dot products ``<z[i], x[cols[i, s]]>`` of a row-grouped W: the
-    gather-dot of :func:`contract_dvprime` with row ``i`` for each of its ``m`` nonzeros."""
+    """``(B, n, m)`` sampled dot products ``<z[i], x[cols[i, s]]>`` of a row-grouped W
+    (summed over the batch for a shared W): :func:`_rows_dot_kernel`."""
+    cols, x, z = guard(cols, x, z.to(x.dtype))
     B, n, m = cols.shape
-    rows = torch.arange(n, device=cols.device).repeat_interleave(m).expand(B, n * m)
-    return contract_dvprime(rows, cols.reshape(B, n * m), x, z).view(B, n, m)
+    b, n_in, c = x.shape
+    out = torch.zeros(B, n, m, dtype=x.dtype, device=x.device)
+    if B * n * m == 0 or b * c == 0:
+        return out
+    x, z = _fold_batch(B, x), _fold_batch(B, z)
+    nq = x.shape[2]
+    tiles = _pinned(nq)
+    with on_device(x):
+        grid = (_check_grid(B * triton.cdiv(n * m, tiles["BLOCK_P"])),)
+        _rows_dot_kernel[grid](cols, z, x, out, n * m, m, n, n_in, nq, **tiles)
+    return out
