@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hyperkern._shared import half_as_float32, row_major_strides
+from hyperkern._shared import half_as_float32, row_major_strides, small_bmm
 
 from .params import dims_tensor
 
@@ -181,7 +181,7 @@ def contract_rows(cols: torch.Tensor, vprime: torch.Tensor, x: torch.Tensor) -> 
     out = table.new_zeros(values.shape[0], width)
     for start, stop in _chunks(values.shape[0], m * width) if m else ():
         gathered = table.index_select(0, flat[start * m : stop * m]).view(stop - start, m, width)
-        out[start:stop] = torch.bmm(values[start:stop].to(table.dtype), gathered).squeeze(1)
+        out[start:stop] = small_bmm(values[start:stop].to(table.dtype), gathered).squeeze(1)
     return out.view(n, b, c).transpose(0, 1).contiguous() if shared else out.view(b, n, c)
 
 
