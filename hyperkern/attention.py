@@ -22,6 +22,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
 from hyperkern import library, reference
 from hyperkern._shared import resolve_key_kind
@@ -48,6 +49,11 @@ class SparseSelfAttention(nn.Module):
         backend: ``"auto"`` (Triton for CUDA tensors), ``"torch"`` or ``"triton"``.
         generator: draws the samples of each training step (seeds as in :mod:`hyperkern.seeds`);
             ``None`` uses torch's global RNG. In eval mode the means are rounded (no sampling).
+        checkpoint: keep only ``x`` for the backward and recompute the rest of the layer
+            (source network, projections, sampling, scores, softmax) there
+            (``torch.utils.checkpoint``; one seed per step, so the recompute draws the same
+            samples): saves about ``20 k S + 40 emb`` bytes per query and head... (bench/LM.md)
+            for one more forward of the layer.
 
     Shapes: ``x (b, t, emb)`` -> ``(b, t, emb)``.
     """
@@ -66,6 +72,7 @@ class SparseSelfAttention(nn.Module):
         min_sigma: float = 0.0,
         backend: str = "auto",
         generator: torch.Generator | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("emb", emb), ("heads", heads), ("k", k), ("region", region)):
@@ -80,6 +87,7 @@ class SparseSelfAttention(nn.Module):
         self.emb, self.heads, self.k, self.causal = emb, heads, k, causal
         self.n_local, self.n_global, self.region = n_local, n_global, region
         self.sigma_scale, self.min_sigma, self.backend = sigma_scale, min_sigma, backend
+        self.checkpoint = checkpoint
         self.seed_source = None if generator is None else _GeneratorSource(generator)
         self.to_qkv = nn.Linear(emb, 3 * emb, bias=False)
         self.unify = nn.Linear(emb, emb)
@@ -126,32 +134,45 @@ class SparseSelfAttention(nn.Module):
         if x.dim() != 3 or x.shape[2] != self.emb:
             raise ValueError(f"x must have shape (b, t, emb={self.emb}), got {tuple(x.shape)}")
         check_generator(generator)
+        triton = resolve(self.backend, x.device)
+        seed = self._seed(x, generator) if self.training else None
+        if self.checkpoint and torch.is_grad_enabled():
+            out = recompute_in_backward(self._attend, x, seed, triton, use_reentrant=False)
+        else:
+            out = self._attend(x, seed, triton)
+        return self.unify(out)
+
+    def _seed(self, x: Tensor, generator) -> Tensor:
+        """The ``()`` int64 seed of this step's samples (drawn once, outside any recompute)."""
+        if generator is None and self.seed_source is not None:
+            (generator,) = _draw_seed(self.seed_source, x)
+        return seed_tensor(generator, x.device)
+
+    def _attend(self, x: Tensor, seed: Tensor | None, triton: bool) -> Tensor:
+        """``(b, t, emb)`` heads' outputs before ``unify``: the source network, projections,
+        sampling (rounded means without a ``seed``), scores, the row softmax and the weighted
+        values; what ``checkpoint=True`` recomputes in the backward."""
         b, t, _ = x.shape
         h, d = self.heads, self.emb // self.heads
-        triton = resolve(self.backend, x.device)
         mu, sigma = self.key_positions(x)
-        points, cols, keep, vprime = self._sample(mu, sigma, t, triton, generator)
-        cols, keep, vprime = (part.view(b * h, t, -1) for part in (cols, keep, vprime))
         qkv = self.to_qkv(x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)
-        q, key, v = (part.reshape(b * h, t, d) for part in qkv)
-        work = torch.promote_types(q.dtype, torch.float32)
-        scores = library.contract_rows_dot(cols, key.to(work), q.to(work), triton)
+        work = torch.promote_types(qkv.dtype, torch.float32)
+        q, key, v = (part.reshape(b * h, t, d).to(work) for part in qkv)
+        points, cols, keep, vprime = self._sample(mu, sigma, t, triton, seed)
+        cols, keep, vprime = (part.view(b * h, t, -1) for part in (cols, keep, vprime))
+        scores = library.contract_rows_dot(cols, key, q, triton)
         scores = (scores * vprime / math.sqrt(d)).masked_fill(~keep, float("-inf"))
         # every row keeps a key: duplicates keep their first copy, and a causal row's floor
         # corner (or rounded mean) is <= i; so no row is all -inf and the softmax has no NaN
         attention = torch.softmax(scores, dim=-1)
-        out = library.contract_rows(cols, attention, v.to(work), triton)
-        out = out.view(b, h, t, d).transpose(1, 2).reshape(b, t, self.emb).to(x.dtype)
-        return self.unify(out)
+        out = library.contract_rows(cols, attention, v, triton)
+        return out.view(b, h, t, d).transpose(1, 2).reshape(b, t, self.emb).to(x.dtype)
 
-    def _sample(self, mu: Tensor, sigma: Tensor, t: int, triton: bool, generator):
+    def _sample(self, mu: Tensor, sigma: Tensor, t: int, triton: bool, seed: Tensor | None):
         """Sampled key positions of every (query, mean): ``points (B, t k, S, 1)``, flat
-        ``cols``, ``keep`` and ``v'`` ``(B, t k S)``; rounded means in eval mode."""
+        ``cols``, ``keep`` and ``v'`` ``(B, t k S)``; rounded means without a ``seed``."""
         B = mu.shape[0]
-        if self.training:
-            if generator is None and self.seed_source is not None:
-                (generator,) = _draw_seed(self.seed_source, mu)
-            seed = seed_tensor(generator, mu.device)
+        if seed is not None:
             region = [min(self.region, t)]
             cantor = resolve_key_kind((t,)) == "cantor"
             points, keys, _, _ = library.sample(

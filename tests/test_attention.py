@@ -104,11 +104,18 @@ def test_memory_is_linear_in_t():
     assert Largest.largest <= module.heads * t * k * S * 8 < t * t
 
 
-def test_compiles_fullgraph():
-    module = _module("torch", causal=True, dtype=torch.float32)
-    x = torch.randn(2, 10, 8)
-    compiled = torch.compile(module, fullgraph=True)
-    assert_close(compiled(x, generator=torch.tensor(5)), module(x, generator=torch.tensor(5)))
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_compiles_fullgraph(checkpoint):
+    module = _module("torch", causal=True, dtype=torch.float32, checkpoint=checkpoint)
+    x = torch.randn(2, 10, 8, requires_grad=True)
+    # inductor once; the checkpointed layer's graph capture through aot_eager (compiles faster)
+    compiled = torch.compile(
+        module, fullgraph=True, backend="aot_eager" if checkpoint else "inductor"
+    )
+    got = compiled(x, generator=torch.tensor(5))
+    want = module(x, generator=torch.tensor(5))
+    assert_close(got, want)
+    assert_close(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
 
 
 @pytest.mark.parametrize(
@@ -143,3 +150,22 @@ def test_every_row_keeps_a_key_so_outputs_stay_finite(causal):
         y = module(x, generator=torch.Generator().manual_seed(1))
         (grad,) = torch.autograd.grad(y.sum(), x)
         assert y.isfinite().all() and grad.isfinite().all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_checkpoint_recomputes_the_same_samples(causal):
+    """``checkpoint=True`` keeps only x and recomputes the layer in the backward: the same seed
+    draws the same samples, so outputs and every gradient equal the plain layer's; the global
+    RNG (generator=None) is read once per step either way."""
+    x = torch.randn(2, 11, 8, dtype=torch.float64, requires_grad=True)
+    results = []
+    for checkpoint in (False, True):
+        module = _module("torch", causal, checkpoint=checkpoint)
+        torch.manual_seed(5)
+        y = module(x)
+        grads = torch.autograd.grad(y.square().sum(), [x, *module.parameters()])
+        results.append((y, grads, torch.randint(1 << 30, ())))
+    (y0, grads0, next0), (y1, grads1, next1) = results
+    assert torch.equal(y0, y1) and torch.equal(next0, next1)
+    for g0, g1 in zip(grads0, grads1, strict=True):
+        assert torch.equal(g0, g1)

@@ -60,6 +60,7 @@ class ModelConfig:
     region: int = 8
     hidden: int | None = None
     backend: str = "auto"
+    checkpoint: bool = False  # recompute the sampled attention in the backward
 
     def __post_init__(self) -> None:
         if self.attention not in KINDS:
@@ -158,8 +159,9 @@ def make_attention(cfg: ModelConfig) -> nn.Module:
     sampling = dict(k=cfg.k, n_local=cfg.n_local, n_global=cfg.n_global, region=cfg.region)
     hidden = cfg.hidden or cfg.emb
     return SparseSelfAttention(
-        cfg.emb, cfg.heads, causal=True, hidden=hidden, backend=cfg.backend, **sampling
-    )
+        cfg.emb, cfg.heads, causal=True, hidden=hidden, backend=cfg.backend,
+        checkpoint=cfg.checkpoint, **sampling,
+    )  # fmt: skip
 
 
 class Block(nn.Module):

@@ -60,6 +60,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep the dense/window feed-forward at --ff instead of matching parameters",
     )
     group.add_argument("--backend", default="auto", help="sparse attention backend")
+    group.add_argument("--checkpoint", action="store_true",
+                       help="sparse: recompute the sampled attention in the backward")  # fmt: skip
     group.add_argument("--batch", type=int, default=8, help="windows per step")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     group.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -89,7 +91,8 @@ def resolve_device(name: str) -> torch.device:
 
 def model_config(args: argparse.Namespace, attention: str, seq: int) -> ModelConfig:
     keys = ("emb", "heads", "depth", "ff", "window", "k", "n_local", "n_global", "region")
-    options = {key: getattr(args, key) for key in (*keys, "hidden", "match_params", "backend")}
+    extra = ("hidden", "match_params", "backend", "checkpoint")
+    options = {key: getattr(args, key) for key in (*keys, *extra)}
     return ModelConfig(attention=attention, seq=seq, **options)
 
 
