@@ -52,8 +52,8 @@ class SparseSelfAttention(nn.Module):
         checkpoint: keep only ``x`` for the backward and recompute the rest of the layer
             (source network, projections, sampling, scores, softmax) there
             (``torch.utils.checkpoint``; one seed per step, so the recompute draws the same
-            samples): saves about ``20 k S + 40 emb`` bytes per query and head... (bench/LM.md)
-            for one more forward of the layer.
+            samples), for one more forward of the layer. In bench/LM.md's model (k = 4,
+            t = 2048) the training step's peak memory fell from 140 to 84 MiB.
 
     Shapes: ``x (b, t, emb)`` -> ``(b, t, emb)``.
     """
