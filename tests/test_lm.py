@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.lm import corpus, model, profile
+from bench.lm import corpus, model, paired, profile
 from bench.lm.__main__ import main
 
 TINY = dict(seq=24, emb=8, heads=2, depth=2, window=5, k=2, n_local=1, n_global=1, region=4)
@@ -173,3 +173,16 @@ def test_profile_measures_one_configuration_and_tabulates():
     text = profile.table([row, skipped])
     assert "| window s/step median (min) | sparse s/step median (min) |" in text
     assert f"| {TINY['seq']} | {row['median_s']:.3f} ({row['min_s']:.3f}) | not run |" in text
+
+
+def test_paired_cli_times_every_variant_in_turn(tmp_path):
+    out = tmp_path / "paired.json"
+    rows = main(["paired", "--seq", "16", "--rounds", "2", "--batch", "1", "--variant", "dense",
+                 "--variant", "sparse:k=2,n_global=0,checkpoint", "--json", str(out)])  # fmt: skip
+    assert [r["variant"] for r in rows] == ["dense", "sparse:k=2,n_global=0,checkpoint"]
+    assert all(0 < r["min_s"] <= r["median_s"] <= r["max_s"] for r in rows)
+    assert json.loads(out.read_text()) == rows
+    cfg = paired.parse_variant("sparse:k=2,n_global=0,checkpoint", 16)
+    assert (cfg.k, cfg.n_global, cfg.checkpoint, cfg.seq) == (2, 0, True, 16)
+    with pytest.raises(ValueError, match="unknown option"):
+        paired.parse_variant("sparse:bogus=1", 16)

@@ -7,7 +7,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from . import profile, train
+from . import paired, profile, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,10 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
         "with dense, sliding-window and learned sparse attention.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,profile}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,profile,paired}")
     for name, module, summary in (
         ("train", train, "train one model: results.json and log.csv in --out"),
         ("profile", profile, "seconds and peak memory per training step against seq"),
+        ("paired", paired, "several models' steps timed in turn in one process"),
     ):
         module.add_arguments(sub.add_parser(name, help=summary, description=module.__doc__))
     sub.add_parser("_measure").add_argument("request")  # internal: one profile configuration
@@ -35,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> object:
         words = list(argv) if argv is not None else sys.argv[1:]
         args.command_line = "python -m bench.lm " + shlex.join(words)
         return train.run(args)
+    if args.command == "paired":
+        return paired.run(args)
     return profile.run(args)
 
 
