@@ -21,7 +21,8 @@ shared by the batch. Inside the kernels the dense side is ``(instances, n, C)``:
 
 - row-grouped W (:func:`contract_rows`, row ``i`` holds the ``m`` nonzeros ``cols[:, i]``, as
   in sampled attention): the segments are the rows, so :func:`_segment_kernel` runs on the
-  offsets ``m g`` with no sort; its ``dv'`` (and attention's scores) is :func:`_rows_dot_kernel`.
+  offsets ``m g`` with no sort; its ``dv'`` (and attention's scores) is the gather-dot with
+  the row computed (``GROUPED``).
 
 Grids are one-dimensional (axis 0 takes 2^31 - 1 programs, the others 65535), so any batch or
 channel count launches. Half-precision inputs run in float32 (:func:`half_as_float32`).
@@ -160,16 +161,25 @@ def _scatter_kernel(
 @triton.jit
 def _gather_dot_kernel(
     rows_ptr, cols_ptr, dy_ptr, x_ptr, dv_ptr,
-    P, n_out, n_in, C,
-    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
+    P, n_out, n_in, C, m,
+    GROUPED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
 ):  # fmt: skip
-    """dv[i, j] = sum_q dy[i, rows[i, j], q] * x[i, cols[i, j], q] (layout as above)."""
+    """dv[i, j] = sum_q dy[i, rows[i, j], q] * x[i, cols[i, j], q] (layout as above). With
+    ``GROUPED`` the W is row-grouped (:func:`contract_rows`): ``rows[i, j] = j // m`` is
+    computed, not loaded (``rows_ptr`` unused)."""
     pid = tl.program_id(0).to(tl.int64)
     n_p = tl.cdiv(P, BLOCK_P)
     inst = pid // n_p
     j = (pid % n_p) * BLOCK_P + tl.arange(0, BLOCK_P)
     mask_j = j < P
-    row, col, ok = _index_pairs(rows_ptr + inst * P, cols_ptr + inst * P, j, mask_j, n_out, n_in)
+    if GROUPED:
+        row = j // m
+        col = tl.load(cols_ptr + inst * P + j, mask=mask_j, other=0)
+        ok = mask_j & (col >= 0) & (col < n_in)
+    else:
+        row, col, ok = _index_pairs(
+            rows_ptr + inst * P, cols_ptr + inst * P, j, mask_j, n_out, n_in
+        )
     acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=dv_ptr.dtype.element_ty)
     for q0 in range(0, C, BLOCK_Q):
         q = q0 + tl.arange(0, BLOCK_Q)
@@ -178,33 +188,6 @@ def _gather_dot_kernel(
         x = tl.load(x_ptr + (inst * n_in + col[:, None]) * C + q[None, :], mask=mask, other=0.0)
         acc += dy * x
     tl.store(dv_ptr + inst * P + j, tl.sum(acc, axis=1), mask=mask_j)
-
-
-@triton.jit
-def _rows_dot_kernel(
-    cols_ptr, z_ptr, x_ptr, out_ptr,
-    P, m, n, n_in, C,
-    BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
-):  # fmt: skip
-    """out[i, j] = sum_q z[i, j // m, q] * x[i, cols[i, j], q] for the row-grouped W of
-    :func:`contract_rows` (``P = n m`` nonzeros per instance, row ``j // m``): the gather-dot
-    of :func:`_gather_dot_kernel` with the row computed, not loaded."""
-    pid = tl.program_id(0).to(tl.int64)
-    n_p = tl.cdiv(P, BLOCK_P)
-    inst = pid // n_p
-    j = (pid % n_p) * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_j = j < P
-    row = j // m
-    col = tl.load(cols_ptr + inst * P + j, mask=mask_j, other=0)
-    ok = mask_j & (col >= 0) & (col < n_in)
-    acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=out_ptr.dtype.element_ty)
-    for q0 in range(0, C, BLOCK_Q):
-        q = q0 + tl.arange(0, BLOCK_Q)
-        mask = ok[:, None] & (q < C)[None, :]
-        z = tl.load(z_ptr + (inst * n + row[:, None]) * C + q[None, :], mask=mask, other=0.0)
-        x = tl.load(x_ptr + (inst * n_in + col[:, None]) * C + q[None, :], mask=mask, other=0.0)
-        acc += z * x
-    tl.store(out_ptr + inst * P + j, tl.sum(acc, axis=1), mask=mask_j)
 
 
 _scatter = {
@@ -304,7 +287,9 @@ def contract_dvprime(rows: Tensor, cols: Tensor, x: Tensor, grad_y: Tensor) -> T
     tiles = _pinned(nq)
     with on_device(x):
         grid = (_check_grid(n_w * triton.cdiv(P, tiles["BLOCK_P"])),)
-        _gather_dot_kernel[grid](rows, cols, grad_y, x, dv, P, n_out, n_in, nq, **tiles)
+        _gather_dot_kernel[grid](
+            rows, cols, grad_y, x, dv, P, n_out, n_in, nq, 1, GROUPED=False, **tiles
+        )
     return dv
 
 
@@ -332,7 +317,7 @@ def contract_rows(cols: Tensor, vprime: Tensor, x: Tensor) -> Tensor:
 @half_as_float32
 def contract_rows_dot(cols: Tensor, x: Tensor, z: Tensor) -> Tensor:
     """``(B, n, m)`` sampled dot products ``<z[i], x[cols[i, s]]>`` of a row-grouped W
-    (summed over the batch for a shared W): :func:`_rows_dot_kernel`."""
+    (summed over the batch for a shared W): :func:`_gather_dot_kernel` with ``GROUPED``."""
     cols, x, z = guard(cols, x, z.to(x.dtype))
     B, n, m = cols.shape
     b, n_in, c = x.shape
@@ -344,5 +329,7 @@ def contract_rows_dot(cols: Tensor, x: Tensor, z: Tensor) -> Tensor:
     tiles = _pinned(nq)
     with on_device(x):
         grid = (_check_grid(B * triton.cdiv(n * m, tiles["BLOCK_P"])),)
-        _rows_dot_kernel[grid](cols, z, x, out, n * m, m, n, n_in, nq, **tiles)
+        _gather_dot_kernel[grid](
+            cols, cols, z, x, out, n * m, n, n_in, nq, m, GROUPED=True, **tiles
+        )
     return out
