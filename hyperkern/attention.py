@@ -199,4 +199,5 @@ class SparseSelfAttention(nn.Module):
         return (
             f"emb={self.emb}, heads={self.heads}, k={self.k}, n_local={self.n_local}, "
             f"n_global={self.n_global}, region={self.region}, causal={self.causal}"
+            + (", checkpoint=True" if self.checkpoint else "")
         )
