@@ -73,17 +73,6 @@ def constant(
     return _CONSTANTS[key]
 
 
-def small_bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.bmm(a, b)`` for ``a (r, p, q)``, ``b (r, q, s)`` with many tiny matrices: a
-    broadcast multiply and a sum over ``q`` where ``q <= 24``. On the CPU (torch 2.13, MKL)
-    ``bmm`` of ``(1, q) @ (q, 16)`` took 2.4x longer than that for ``q`` = 6, 12, 24 and half
-    as long for ``q`` = 27, 32, 48 (a slow path for short inner dimensions); in
-    ``contract_rows`` at ``m = 24`` the whole op ran 1.65x faster."""
-    if a.shape[2] > 24:
-        return torch.bmm(a, b)
-    return (a.unsqueeze(3) * b.unsqueeze(1)).sum(2)
-
-
 def interpreting() -> bool:
     """Whether Triton runs under its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -40,8 +40,6 @@ def philox_word0(seed: torch.Tensor, counter: torch.Tensor) -> torch.Tensor:
         ``(...)`` int64.
     """
     flat = counter.reshape(-1)
-    if flat.numel() <= _CHUNK:
-        return _philox_word0(seed, flat).view(counter.shape)
     out = torch.empty_like(flat)
     for start in range(0, flat.numel(), _CHUNK):
         out[start : start + _CHUNK] = _philox_word0(seed, flat[start : start + _CHUNK])
