@@ -66,8 +66,12 @@ def constant(
 ) -> torch.Tensor:
     """``values`` as a ``(len(values),)`` tensor on ``device``, built once per (values, device,
     dtype) and cached: a tensor from a Python list is a blocking host-to-device copy on CUDA, so
-    the hot path must not build one per call."""
+    the hot path must not build one per call. While ``torch.compile`` traces, the tensor is
+    built in the graph and not cached: a traced write to the cache is a side effect, which
+    ``torch.utils.checkpoint`` regions cannot hold."""
     key = (tuple(int(v) for v in values), torch.device(device), dtype)
+    if torch.compiler.is_compiling():
+        return torch.tensor(key[0], dtype=dtype, device=device)
     if key not in _CONSTANTS:
         _CONSTANTS[key] = torch.tensor(key[0], dtype=dtype, device=device)
     return _CONSTANTS[key]
