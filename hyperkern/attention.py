@@ -32,6 +32,9 @@ from hyperkern.options import MAX_SAMPLES
 from hyperkern.seeds import check_generator, seed_tensor
 
 
+EVAL_MODES = ("corners", "round", "sample")
+
+
 class SparseSelfAttention(nn.Module):
     """Multi-head self-attention over ``k`` learned key positions per query and head.
 
@@ -48,12 +51,13 @@ class SparseSelfAttention(nn.Module):
             units of the sequence length.
         backend: ``"auto"`` (Triton for CUDA tensors), ``"torch"`` or ``"triton"``.
         generator: draws the samples of each training step (seeds as in :mod:`hyperkern.seeds`);
-            ``None`` uses torch's global RNG. In eval mode the means are rounded (no sampling).
-        checkpoint: keep only ``x`` for the backward and recompute the rest of the layer
-            (source network, projections, sampling, scores, softmax) there
-            (``torch.utils.checkpoint``; one seed per step, so the recompute draws the same
-            samples), for one more forward of the layer. In bench/LM.md's model (k = 4,
-            t = 2048) the training step's peak memory fell from 140 to 84 MiB.
+            ``None`` uses torch's global RNG.
+        eval_mode: the keys of a query in eval mode, the same on every call:
+            ``"corners"`` (default), each mean's two neighbouring integers weighted by the
+            proportions, as in training (the training samples less the local and global ones);
+            ``"round"``, each mean rounded, weight 1 (the paper's test-time rule, as
+            :class:`~hyperkern.SparseLayer`'s ``eval_mode="round"``); ``"sample"``, one fixed
+            draw of the training samples (seed 0).
 
     Shapes: ``x (b, t, emb)`` -> ``(b, t, emb)``.
     """
@@ -73,6 +77,7 @@ class SparseSelfAttention(nn.Module):
         backend: str = "auto",
         generator: torch.Generator | None = None,
         checkpoint: bool = False,
+        eval_mode: str = "corners",
     ) -> None:
         super().__init__()
         for name, value in (("emb", emb), ("heads", heads), ("k", k), ("region", region)):
@@ -82,12 +87,14 @@ class SparseSelfAttention(nn.Module):
             raise ValueError(f"emb ({emb}) must be a multiple of heads ({heads})")
         if not 0 <= n_local <= MAX_SAMPLES or not 0 <= n_global <= MAX_SAMPLES:
             raise ValueError(f"n_local and n_global must lie in [0, {MAX_SAMPLES}]")
+        if eval_mode not in EVAL_MODES:
+            raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {eval_mode!r}")
         check_backend(backend)
         check_generator(generator)
         self.emb, self.heads, self.k, self.causal = emb, heads, k, causal
         self.n_local, self.n_global, self.region = n_local, n_global, region
         self.sigma_scale, self.min_sigma, self.backend = sigma_scale, min_sigma, backend
-        self.checkpoint = checkpoint
+        self.checkpoint, self.eval_mode = checkpoint, eval_mode
         self.seed_source = None if generator is None else _GeneratorSource(generator)
         self.to_qkv = nn.Linear(emb, 3 * emb, bias=False)
         self.unify = nn.Linear(emb, emb)
@@ -150,7 +157,7 @@ class SparseSelfAttention(nn.Module):
 
     def _attend(self, x: Tensor, seed: Tensor | None, triton: bool) -> Tensor:
         """``(b, t, emb)`` heads' outputs before ``unify``: the source network, projections,
-        sampling (rounded means without a ``seed``), scores, the row softmax and the weighted
+        sampling (``eval_mode`` without a ``seed``), scores, the row softmax and the weighted
         values; what ``checkpoint=True`` recomputes in the backward."""
         b, t, _ = x.shape
         h, d = self.heads, self.emb // self.heads
@@ -170,13 +177,19 @@ class SparseSelfAttention(nn.Module):
 
     def _sample(self, mu: Tensor, sigma: Tensor, t: int, triton: bool, seed: Tensor | None):
         """Sampled key positions of every (query, mean): ``points (B, t k, S, 1)``, flat
-        ``cols``, ``keep`` and ``v'`` ``(B, t k S)``; rounded means without a ``seed``."""
+        ``cols``, ``keep`` and ``v'`` ``(B, t k S)``; without a ``seed`` (eval mode) the keys
+        that ``eval_mode`` names."""
         B = mu.shape[0]
+        n_local, n_global = self.n_local, self.n_global
+        if seed is None and self.eval_mode != "round":
+            seed = mu.new_zeros((), dtype=torch.int64)
+            if self.eval_mode == "corners":  # no random samples: the seed is unused
+                n_local, n_global = 0, 0
         if seed is not None:
             region = [min(self.region, t)]
             cantor = resolve_key_kind((t,)) == "cantor"
             points, keys, _, _ = library.sample(
-                mu, seed, [t], 0, self.n_local, self.n_global, region, cantor, triton
+                mu, seed, [t], 0, n_local, n_global, region, cantor, triton
             )
             cols = points[..., 0]  # one column: the flat index is the key position (one copy)
             duplicates = library.duplicate_mask(keys, self.k, triton)
@@ -200,4 +213,5 @@ class SparseSelfAttention(nn.Module):
             f"emb={self.emb}, heads={self.heads}, k={self.k}, n_local={self.n_local}, "
             f"n_global={self.n_global}, region={self.region}, causal={self.causal}"
             + (", checkpoint=True" if self.checkpoint else "")
+            + (f", eval_mode={self.eval_mode!r}" if self.eval_mode != "corners" else "")
         )

@@ -75,11 +75,42 @@ def test_causal_outputs_ignore_the_future(backend):
     assert not torch.allclose(y[:, 7:], y_changed[:, 7:])
 
 
+@grid(backend=BACKENDS, causal=(False, True), t=(1, 11))
+def test_eval_corners_are_the_training_samples_without_random_ones(backend, causal, t):
+    x = torch.randn(2, t, 8, dtype=torch.float64)
+    corners_only = _module(backend, causal, n_local=0, n_global=0)  # the same weights
+    got = _module(backend, causal).eval()(x)
+    assert_close(got, naive(corners_only, x, seed=5))
+    assert torch.equal(got, _module(backend, causal).eval()(x))
+
+
 @grid(backend=BACKENDS)
-def test_eval_mode_rounds_the_means_and_is_deterministic(backend):
-    module = _module(backend, causal=False).eval()
-    x = torch.randn(2, 9, 8, dtype=torch.float64)
-    assert torch.equal(module(x), module(x))
+def test_eval_sample_is_the_training_draw_of_seed_0(backend):
+    x = torch.randn(2, 10, 8, dtype=torch.float64)
+    module = _module(backend, causal=True, eval_mode="sample")
+    want = module(x, generator=0)
+    assert torch.equal(module.eval()(x), want)
+    assert not torch.equal(want, module.train()(x, generator=1))
+
+
+@grid(backend=BACKENDS, causal=(False, True))
+def test_eval_rounded_attends_to_the_rounded_means_once(backend, causal):
+    """``eval_mode="round"`` against a dense ``(t, t)`` mask of the rounded means."""
+    module = _module(backend, causal, eval_mode="round").eval()
+    b, t, emb = 2, 9, 8
+    h, d = module.heads, emb // module.heads
+    x = torch.randn(b, t, emb, dtype=torch.float64)
+    mu, _ = module.key_positions(x)
+    rounded = mu.round().long().view(b * h, t, module.k)
+    allowed = torch.zeros(b * h, t, t, dtype=torch.bool).scatter_(2, rounded, True)
+    if causal:
+        allowed &= torch.ones(t, t, dtype=torch.bool).tril()
+    q, key, v = module.to_qkv(x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4).reshape(3, b * h, t, d)
+    scores = (q @ key.transpose(1, 2) / math.sqrt(d)).masked_fill(~allowed, float("-inf"))
+    out = torch.softmax(scores, -1) @ v
+    want = module.unify(out.view(b, h, t, d).transpose(1, 2).reshape(b, t, emb))
+    assert_close(module(x), want)
+    assert not torch.allclose(module(x), _module(backend, causal).eval()(x))
 
 
 def test_memory_is_linear_in_t():
@@ -127,6 +158,7 @@ def test_compiles_fullgraph(checkpoint, monkeypatch):
         ({"emb": 10, "heads": 4}, ValueError, "multiple of heads"),
         ({"emb": 8, "k": 0}, ValueError, "k must be"),
         ({"emb": 8, "backend": "cuda"}, ValueError, "backend"),
+        ({"emb": 8, "eval_mode": "mean"}, ValueError, "eval_mode must be one of"),
     ],
 )
 def test_bad_arguments_name_themselves(kwargs, error, match):
