@@ -149,6 +149,11 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
             {"test_error": 0.0123},
             finished=False,
         ),
+        "att60": _result(
+            "attention",
+            {"model": "convnet", "recipe": "improved", "canvas": 60, "width": 0.25},
+            {"test_error": 0.5},
+        ),
         "sort4": _result(
             "sort",
             {
@@ -182,10 +187,11 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
     assert sorted(run for run, _ in loaded) == sorted(runs)
     assert "not a results.json" in capsys.readouterr().err
     text = tables.render(loaded, "root")
-    assert "from the 4 `results.json` files under `root/`" in text
+    assert "from the 5 `results.json` files under `root/`" in text
     assert "| 64 | converges | `id64` | improved, sparse | 2.8e-17 | 64 / 64 |" in text
     assert "| glimpse1 | 0.85 % | `att1` | paper | 1.23 % | 60,000 / 10,000 |" in text
     assert "10 / 32,830 (**unfinished**)" in text
+    assert "| `att60` | improved, 60x60 canvas, ConvNet channels x0.25 | 50.00 % |" in text
     assert "| 4 | < 10 % | `sort4` | paper (convnet key net) | 8.00 % | 0.950 |" in text
     assert "| 5 | 0.837 | 0.927 | `ns5` | improved (mlp key net) | 0.700 | 0.840 |" in text
 

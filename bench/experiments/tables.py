@@ -140,6 +140,26 @@ def _identity(results: list[tuple[str, dict]]) -> list[str]:
     ]
 
 
+#: the paper's attention settings: a run that changes one is a reduced run, and says so
+PAPER_ATTENTION_SETTINGS = {
+    "canvas": (100, "{}x{} canvas"),
+    "width": (1.0, "ConvNet channels x{}"),
+    "n_local": (32, "a_l = {}"),
+    "n_global": (16, "a_g = {}"),
+    "batch_size": (128, "batch {}"),
+}
+
+
+def _attention_setting(config: dict) -> str:
+    """The recipe, then every setting that differs from the paper's."""
+    changed = []
+    for key, (paper, text) in PAPER_ATTENTION_SETTINGS.items():
+        value = config.get(key, paper)
+        if value != paper:
+            changed.append(text.format(value, value))
+    return ", ".join([config.get("recipe", "?"), *changed])
+
+
 def _attention(results: list[tuple[str, dict]]) -> list[str]:
     by_model: dict[str, list] = {"glimpse1": [], "glimpse8": [], "convnet": []}
     for run, r in results:
@@ -159,7 +179,7 @@ def _attention(results: list[tuple[str, dict]]) -> list[str]:
                     model,
                     paper,
                     f"`{run}`",
-                    c.get("recipe", "?"),
+                    _attention_setting(c),
                     _pct(m.get("test_error")),
                     data,
                     status,
@@ -190,7 +210,7 @@ def _attention(results: list[tuple[str, dict]]) -> list[str]:
                 "model",
                 "published",
                 "run",
-                "recipe",
+                "recipe, settings unlike the paper's",
                 "test error",
                 "train / test images",
                 "steps",
