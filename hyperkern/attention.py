@@ -31,7 +31,6 @@ from hyperkern.modules import _draw_seed, _GeneratorSource
 from hyperkern.options import MAX_SAMPLES
 from hyperkern.seeds import check_generator, seed_tensor
 
-
 EVAL_MODES = ("corners", "round", "sample")
 
 
