@@ -5,7 +5,13 @@ import json
 import torch
 
 from bench.experiments.__main__ import main
-from bench.experiments.attention import GlimpseNet, SourceConvNet, loss_fn
+from bench.experiments.attention import (
+    ConvNetBaseline,
+    GlimpseNet,
+    SourceConvNet,
+    loss_fn,
+    parameter_groups,
+)
 from bench.experiments.common import read_csv
 
 CANVAS = 24
@@ -130,6 +136,10 @@ def test_time_steps_with_bf16_projects_the_configured_run(tmp_path):
                    "--out", str(tmp_path / "t")])  # fmt: skip
     assert report["total_steps"] == 5 * 4 and report["seconds_per_step"] > 0
     assert report["projected_eval_s"] > 0 and report["config"]["bf16"] is True
+    assert report["config"]["source_lr"] is None  # the paper's recipe: one lr
+    improved = main(["attention", *SMOKE, "--recipe", "improved", "--time-steps", "1",
+                     "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "i")])  # fmt: skip
+    assert improved["config"]["source_lr"] == 1e-4 and improved["config"]["lr"] == 3e-3
     assert (tmp_path / "t" / "timing.json").exists()
     assert not (tmp_path / "t" / "checkpoint.pt").exists()
 
@@ -141,3 +151,16 @@ def test_bf16_keeps_the_sparse_part_in_float32():
         logits = net.classifier(out.flatten(1))
     assert out.dtype == torch.float32 and logits.dtype == torch.bfloat16
     assert net.last_means.dtype == torch.float32
+
+
+def test_source_lr_puts_the_source_convnet_in_its_own_group():
+    net = _net()
+    source = {id(p) for p in net.source.parameters()}
+    rest, inner = parameter_groups(net, 1e-3, 1e-4)
+    assert (rest["lr"], inner["lr"]) == (1e-3, 1e-4)
+    assert {id(p) for p in inner["params"]} == source
+    assert not source & {id(p) for p in rest["params"]}
+    assert len(rest["params"]) + len(inner["params"]) == len(list(net.parameters()))
+    for model in (net, ConvNetBaseline(CANVAS, 0.125)):  # one group without --source-lr
+        (group,) = parameter_groups(model, 1e-3, None)
+        assert len(group["params"]) == len(list(model.parameters()))
