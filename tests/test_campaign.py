@@ -151,7 +151,14 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
         ),
         "att60": _result(
             "attention",
-            {"model": "convnet", "recipe": "improved", "canvas": 60, "width": 0.25},
+            {
+                "model": "glimpse1",
+                "recipe": "improved",
+                "canvas": 60,
+                "width": 0.25,
+                "lr": 1e-3,
+                "source_lr": 1e-4,
+            },  # fmt: skip
             {"test_error": 0.5},
         ),
         "sort4": _result(
@@ -191,7 +198,8 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
     assert "| 64 | converges | `id64` | improved, sparse | 2.8e-17 | 64 / 64 |" in text
     assert "| glimpse1 | 0.85 % | `att1` | paper | 1.23 % | 60,000 / 10,000 |" in text
     assert "10 / 32,830 (**unfinished**)" in text
-    assert "| `att60` | improved, 60x60 canvas, ConvNet channels x0.25 | 50.00 % |" in text
+    setting = "improved, 60x60 canvas, ConvNet channels x0.25, lr 0.001, source lr 0.0001"
+    assert f"| `att60` | {setting} | 50.00 % |" in text
     assert "| 4 | < 10 % | `sort4` | paper (convnet key net) | 8.00 % | 0.950 |" in text
     assert "| 5 | 0.837 | 0.927 | `ns5` | improved (mlp key net) | 0.700 | 0.840 |" in text
 

@@ -142,11 +142,13 @@ def _identity(results: list[tuple[str, dict]]) -> list[str]:
 
 #: the paper's attention settings: a run that changes one is a reduced run, and says so
 PAPER_ATTENTION_SETTINGS = {
-    "canvas": (100, "{}x{} canvas"),
+    "canvas": (100, "{0}x{0} canvas"),
     "width": (1.0, "ConvNet channels x{}"),
     "n_local": (32, "a_l = {}"),
     "n_global": (16, "a_g = {}"),
     "batch_size": (128, "batch {}"),
+    "lr": (1e-4, "lr {:g}"),
+    "source_lr": (None, "source lr {:g}"),
 }
 
 
@@ -156,7 +158,7 @@ def _attention_setting(config: dict) -> str:
     for key, (paper, text) in PAPER_ATTENTION_SETTINGS.items():
         value = config.get(key, paper)
         if value != paper:
-            changed.append(text.format(value, value))
+            changed.append(text.format(value))
     return ", ".join([config.get("recipe", "?"), *changed])
 
 
