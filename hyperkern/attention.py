@@ -57,6 +57,11 @@ class SparseSelfAttention(nn.Module):
             ``"round"``, each mean rounded, weight 1 (the paper's test-time rule, as
             :class:`~hyperkern.SparseLayer`'s ``eval_mode="round"``); ``"sample"``, one fixed
             draw of the training samples (seed 0).
+        checkpoint: keep only ``x`` for the backward and recompute the rest of the layer
+            (source network, projections, sampling, scores, softmax) there
+            (``torch.utils.checkpoint``; one seed per step, so the recompute draws the same
+            samples), for one more forward of the layer. In bench/LM.md's model (k = 4,
+            t = 2048) the training step's peak memory fell from 140 to 84 MiB.
 
     Shapes: ``x (b, t, emb)`` -> ``(b, t, emb)``.
     """
