@@ -158,8 +158,21 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
                 "width": 0.25,
                 "lr": 1e-3,
                 "source_lr": 1e-4,
+                "eval_mode": "sample",
             },  # fmt: skip
             {"test_error": 0.5},
+        ),
+        "conv60": _result(
+            "attention",
+            {
+                "model": "convnet",
+                "recipe": "improved",
+                "canvas": 60,
+                "n_local": 8,
+                "source_lr": 1e-4,
+                "eval_mode": "sample",
+            },  # fmt: skip
+            {"test_error": 0.25},
         ),
         "sort4": _result(
             "sort",
@@ -194,12 +207,16 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
     assert sorted(run for run, _ in loaded) == sorted(runs)
     assert "not a results.json" in capsys.readouterr().err
     text = tables.render(loaded, "root")
-    assert "from the 5 `results.json` files under `root/`" in text
+    assert "from the 6 `results.json` files under `root/`" in text
     assert "| 64 | converges | `id64` | improved, sparse | 2.8e-17 | 64 / 64 |" in text
     assert "| glimpse1 | 0.85 % | `att1` | paper | 1.23 % | 60,000 / 10,000 |" in text
     assert "10 / 32,830 (**unfinished**)" in text
-    setting = "improved, 60x60 canvas, ConvNet channels x0.25, lr 0.001, source lr 0.0001"
+    setting = (
+        "improved, 60x60 canvas, ConvNet channels x0.25, lr 0.001, source lr 0.0001, "
+        "eval read: sample"
+    )
     assert f"| `att60` | {setting} | 50.00 % |" in text
+    assert "| `conv60` | improved, 60x60 canvas | 25.00 % |" in text  # glimpse settings left out
     assert "| 4 | < 10 % | `sort4` | paper (convnet key net) | 8.00 % | 0.950 |" in text
     assert "| 5 | 0.837 | 0.927 | `ns5` | improved (mlp key net) | 0.700 | 0.840 |" in text
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from bench.experiments.__main__ import main
@@ -74,6 +75,21 @@ def test_eval_glimpse_reads_the_pixels_at_the_rounded_means():
         assert torch.allclose(out[b].flatten(), 2.0 * picked)
 
 
+def test_eval_mode_sample_is_the_training_read_with_seed_zero():
+    from hyperkern.seeds import seed_tensor
+
+    net = _net(glimpses=2, size=3, eval_mode="sample")
+    x = torch.rand(2, 1, CANVAS, CANVAS)
+    trained_read = net.glimpse(x, generator=seed_tensor(0, x.device))
+    net.eval()
+    assert torch.equal(net.glimpse(x), trained_read)
+    assert torch.equal(net.glimpse(x), trained_read)  # the same draw on every call
+    rounded = _net(glimpses=2, size=3).eval().glimpse(x)
+    assert not torch.allclose(rounded, trained_read)
+    with pytest.raises(ValueError, match="eval_mode must be one of"):
+        _net(eval_mode="corners")
+
+
 def test_gradients_reach_source_sigmas_and_values():
     net = _net()
     x = torch.rand(4, 1, CANVAS, CANVAS)
@@ -128,6 +144,24 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert a["step"] == b["step"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+
+
+def test_evaluate_only_reevaluates_the_checkpoint(tmp_path):
+    args = ["attention", "--model", "glimpse1", *SMOKE, "--cache-dir", str(tmp_path / "c"),
+            "--epochs", "1", "--out", str(tmp_path / "run")]  # fmt: skip
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        main([*args, "--evaluate-only"])
+    result = main([*args, "--recipe", "improved"])
+    assert result["config"]["eval_mode"] == "sample"
+    again = main([*args, "--recipe", "improved", "--evaluate-only"])
+    assert again["test_error"] == result["metrics"]["test_error"]
+    assert (again["eval_mode"], again["step"], again["eval_split"]) == ("sample", 4, "test")
+    saved = json.loads((tmp_path / "run" / "eval-test-sample.json").read_text())
+    assert saved == again
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == result  # untouched
+    val = main([*args, "--evaluate-only", "--eval-mode", "round", "--eval-split", "val"])
+    assert val["eval_mode"] == "round" and 0.0 <= val["test_error"] <= 1.0
+    assert (tmp_path / "run" / "eval-val-round.json").exists()
 
 
 def test_time_steps_with_bf16_projects_the_configured_run(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -107,6 +108,25 @@ def test_resume_continues_exactly(tmp_path):
     resumed = run(_args(split, "--iterations", "4", *paper, "--resume"))
     assert resumed["steps"] == 4 and resumed["config"]["key_net"] == "convnet"
     assert _losses(split) == _losses(straight)
+
+
+def test_cosine_schedule_decays_to_zero_and_resumes_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    cosine = ["--iterations", "4", "--eval-every", "2", "--lr-schedule", "cosine"]
+    result = run(_args(straight, *cosine))
+    assert result["config"]["lr_schedule"] == "cosine"
+    state = torch.load(straight / "checkpoint.pt", weights_only=False)
+    group = state["optimizer"]["param_groups"][0]
+    # the last step (index 3) trained at the factor of 3 / 4 of the run
+    assert group["initial_lr"] == 1e-3
+    assert group["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    run(_args(split, *cosine, "--time-limit", "0"))  # stops after one step
+    resumed = run(_args(split, *cosine, "--resume"))
+    assert resumed["steps"] == 4 and _losses(split) == _losses(straight)
+    constant = run(_args(tmp_path / "constant", "--iterations", "4", "--eval-every", "2"))
+    assert _losses(tmp_path / "constant")[:1] == _losses(straight)[:1]
+    assert _losses(tmp_path / "constant")[1:] != _losses(straight)[1:]
+    assert constant["config"]["lr_schedule"] == "constant"
 
 
 def test_non_power_of_two_sets_train_at_the_next_power(tmp_path):

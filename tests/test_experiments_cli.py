@@ -240,3 +240,16 @@ def test_trainer_resumes_and_reseeds_a_generator_from_another_device(tmp_path):
     common.save_checkpoint(tmp_path / "checkpoint.pt", state)
     with pytest.raises(ValueError, match="older version"):
         trainer(4, True)
+
+
+def test_schedule_lr_scales_each_group_from_its_first_lr():
+    a, b = torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.Adam([{"params": [a], "lr": 1e-3}, {"params": [b], "lr": 1e-4}])
+    for step, factor in ((0, 1.0), (25, 0.5 + 0.5 * 2**-0.5), (50, 0.5), (100, 0.0), (120, 0.0)):
+        common.schedule_lr(optimizer, "cosine", step, 100)
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        assert lrs == pytest.approx([1e-3 * factor, 1e-4 * factor], abs=1e-15), step
+    common.schedule_lr(optimizer, "constant", 70, 100)
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-3, 1e-4]
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        common.schedule_lr(optimizer, "linear", 0, 100)

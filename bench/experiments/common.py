@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import random
 import statistics
@@ -236,6 +237,34 @@ def add_bf16_argument(parser: argparse.ArgumentParser) -> None:
         help="autocast the dense networks to bfloat16 (the sparse layers stay float32); "
         "off by default: a GPU speed-up whose effect on the paper's numbers is untested",
     )
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def add_lr_schedule_argument(parser: argparse.ArgumentParser) -> None:
+    """``--lr-schedule``: constant, or a cosine decay from each group's lr to 0 over the run."""
+    parser.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default="constant",
+        help="constant, or cosine: every learning rate decays to 0 along a half cosine over "
+        "the whole run (it follows the step, so --resume continues it)",
+    )
+
+
+def schedule_lr(optimizer: torch.optim.Optimizer, schedule: str, step: int, total: int) -> None:
+    """Set each parameter group's lr for ``step`` of ``total``: its first lr (kept in the
+    group as ``initial_lr``) times the schedule's factor (1 for constant; cosine: 1 at step 0,
+    0 at ``total``)."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    factor = 1.0
+    if schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * factor
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -385,6 +385,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, default=64)
     add("--lr", type=float, default=None, help="(recipe)")
     add("--iterations", type=int, default=100_000, help="training batches")
+    common.add_lr_schedule_argument(parser)
     add("--samples", type=int, default=None,
         help="random half-permutations per step (paper a = n; default n)")  # fmt: skip
     add("--certainty", type=float, default=10.0, help="C in sigmoid(C (x - m))")
@@ -463,7 +464,8 @@ def run(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     forward = common.maybe_compile(model, args.compile, args.compile_backend)
 
-    def train_step(_step: int) -> torch.Tensor:
+    def train_step(step: int) -> torch.Tensor:
+        common.schedule_lr(optimizer, args.lr_schedule, step, args.iterations)
         numbers, index = train.sample(args.batch_size, train_size, data_gen)
         images = train.render(index)
         values = images.reshape(args.batch_size, train_size, -1)
