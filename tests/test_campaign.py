@@ -197,6 +197,18 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
             },
             {"error": 0.3, "exact_match": 0.7, "elementwise": 0.84},
         ),
+        "ns5cos": _result(
+            "sort",
+            {
+                "size": 5,
+                "protocol": "neuralsort",
+                "recipe": "improved",
+                "key_net": "lenet",
+                "lr_schedule": "cosine",
+                "iterations": 10000,
+            },
+            {"error": 0.15, "exact_match": 0.85, "elementwise": 0.94},
+        ),
     }
     for name, result in runs.items():
         (tmp_path / name).mkdir()
@@ -207,7 +219,7 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
     assert sorted(run for run, _ in loaded) == sorted(runs)
     assert "not a results.json" in capsys.readouterr().err
     text = tables.render(loaded, "root")
-    assert "from the 6 `results.json` files under `root/`" in text
+    assert "from the 7 `results.json` files under `root/`" in text
     assert "| 64 | converges | `id64` | improved, sparse | 2.8e-17 | 64 / 64 |" in text
     assert "| glimpse1 | 0.85 % | `att1` | paper | 1.23 % | 60,000 / 10,000 |" in text
     assert "10 / 32,830 (**unfinished**)" in text
@@ -219,6 +231,7 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
     assert "| `conv60` | improved, 60x60 canvas | 25.00 % |" in text  # glimpse settings left out
     assert "| 4 | < 10 % | `sort4` | paper (convnet key net) | 8.00 % | 0.950 |" in text
     assert "| 5 | 0.837 | 0.927 | `ns5` | improved (mlp key net) | 0.700 | 0.840 |" in text
+    assert "| `ns5cos` | improved (lenet key net, cosine lr) | 0.850 | 0.940 |" in text
 
     doc = tmp_path / "doc.md"
     doc.write_text(f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n")

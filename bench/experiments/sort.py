@@ -361,7 +361,10 @@ EPILOG = """recipes (--recipe; explicit flags override either):
                       Adam lr 5e-5, batch 64, a = n samples, C = 10; it is what Fig. 6 reports
                       (n = 4: error < 10 %; n = 16: ~40 %, with --intermediate for n = 8, 16).
 --protocol neuralsort (4-digit numbers, n = 3, 5, 7, 9, 15) compares with NeuralSort (Grover et
-al. 2019, Table 1); n that is not a power of two trains on sets of the next power of two."""
+al. 2019, Table 1); n that is not a power of two trains on sets of the next power of two.
+With --lr-schedule cosine (lr 1e-3 decaying to 0 over --iterations), n = 5 reaches 0.864 exact /
+0.939 element-wise after 10 000 steps (NeuralSort: 0.837 / 0.927); the constant lr swings around
+0.836."""
 
 RECIPES = {
     "improved": {"key_net": "lenet", "lr": 1e-3},

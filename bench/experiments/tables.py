@@ -238,6 +238,8 @@ def _sort(results: list[tuple[str, dict]]) -> list[str]:
 
     def setting(c: dict) -> str:
         loss = ", intermediate loss" if c.get("intermediate") else ""
+        if c.get("lr_schedule", "constant") != "constant":
+            loss += f", {c['lr_schedule']} lr"
         return f"{c.get('recipe', '?')} ({c.get('key_net', '?')} key net{loss})"
 
     paper_rows, neural_rows = [], []
