@@ -186,7 +186,6 @@ class GlimpseNet(nn.Module):
 
     def _read(self, raw: torch.Tensor, x: torch.Tensor, generator) -> torch.Tensor:
         from hyperkern import ops
-        from hyperkern.seeds import seed_tensor
 
         b = x.shape[0]
         per = self.size * self.size
@@ -197,7 +196,7 @@ class GlimpseNet(nn.Module):
         values = self.values[which].expand(b, k)
         if self.training or self.eval_mode == "sample":
             if not self.training:
-                generator = seed_tensor(0, x.device)  # one fixed draw: the same on every call
+                generator = 0  # one fixed draw: the same on every call
             sigma_raw = self.sigmas[which].expand(b, k)
             sigma = ops.transform_sigmas(sigma_raw, self.dims, self.sigma_scale, self.min_sigma)
             points = ops.sample_tuples(
@@ -324,12 +323,10 @@ def run(args: argparse.Namespace) -> dict:
         n_train = min(n_train, args.batch_size * (args.time_steps + 3))
         n_test = min(n_test, args.batch_size)
     train_x, train_y = load_cluttered("train", n_train, args.data_seed, args.cache_dir, args.canvas)
-    if args.eval_split == "val":
-        test_x, test_y = load_cluttered(
-            "train", n_test, args.data_seed + 1, args.cache_dir, args.canvas
-        )
-    else:
-        test_x, test_y = load_cluttered("test", n_test, args.data_seed, args.cache_dir, args.canvas)
+    split, seed = (
+        ("train", args.data_seed + 1) if args.eval_split == "val" else ("test", args.data_seed)
+    )
+    test_x, test_y = load_cluttered(split, n_test, seed, args.cache_dir, args.canvas)
     train_x, train_y = train_x.to(device), train_y.to(device)
     test_x, test_y = test_x.to(device), test_y.to(device)
     common.seed_everything(args.seed)
