@@ -158,6 +158,7 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
                 "width": 0.25,
                 "lr": 1e-3,
                 "source_lr": 1e-4,
+                "lr_schedule": "cosine",
                 "eval_mode": "sample",
             },  # fmt: skip
             {"test_error": 0.5},
@@ -225,7 +226,7 @@ def test_tables_rows_from_results_files(tmp_path, capsys):
     assert "10 / 32,830 (**unfinished**)" in text
     setting = (
         "improved, 60x60 canvas, ConvNet channels x0.25, lr 0.001, source lr 0.0001, "
-        "eval read: sample"
+        "cosine lr, eval read: sample"
     )
     assert f"| `att60` | {setting} | 50.00 % |" in text
     assert "| `conv60` | improved, 60x60 canvas | 25.00 % |" in text  # glimpse settings left out

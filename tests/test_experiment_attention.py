@@ -1,6 +1,7 @@
 """Attention experiment: glimpse geometry, one connection per output pixel, CLI smoke + resume."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -133,17 +134,24 @@ def test_smoke_glimpse_and_convnet_loss_falls(tmp_path):
     assert (tmp_path / "glimpse8" / "glimpses.png").stat().st_size > 0
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_matches_uninterrupted_run(tmp_path, schedule):
     args = ["attention", "--model", "glimpse1", *SMOKE, "--cache-dir", str(tmp_path / "c"),
-            "--eval-every", "3", "--train-size", "48", "--test-size", "16"]  # fmt: skip
+            "--eval-every", "3", "--train-size", "48", "--test-size", "16",
+            "--lr-schedule", schedule, "--source-lr", "1e-4"]  # fmt: skip
     main([*args, "--epochs", "2", "--out", str(tmp_path / "a")])
-    main([*args, "--epochs", "1", "--out", str(tmp_path / "b")])
+    main([*args, "--epochs", "2", "--out", str(tmp_path / "b"), "--time-limit", "0"])
     main([*args, "--epochs", "2", "--out", str(tmp_path / "b"), "--resume"])
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert a["step"] == b["step"] == 6
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
+    # the last step (index 5 of 6) trained each group at its lr times the schedule's factor
+    factor = 0.5 * (1 + math.cos(math.pi * 5 / 6)) if schedule == "cosine" else 1.0
+    groups = a["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([g["initial_lr"] * factor for g in groups])
+    assert sorted(g["initial_lr"] for g in groups) == pytest.approx([1e-4, 3e-3])
 
 
 def test_evaluate_only_reevaluates_the_checkpoint(tmp_path):

@@ -96,6 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "for choices that must not look at the test set",
     )  # fmt: skip
     parser.add_argument("--checkpoint-every", type=int, default=50, help="steps")
+    common.add_lr_schedule_argument(parser)
     parser.add_argument("--width", type=float, default=1.0, help="ConvNet channel multiplier")
     common.add_bf16_argument(parser)
 
@@ -339,6 +340,7 @@ def run(args: argparse.Namespace) -> dict:
     order = EpochOrder(len(train_x), args.seed, device)
 
     def train_step(step: int) -> torch.Tensor:
+        common.schedule_lr(optimizer, args.lr_schedule, step, total)
         idx = order.batch(step, args.batch_size, -(-len(train_x) // args.batch_size))
         with common.autocast(device, args.bf16):
             logits = forward(to_input(train_x[idx], device), generator=seed_tensor(gen, device))

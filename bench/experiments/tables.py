@@ -149,6 +149,7 @@ PAPER_ATTENTION_SETTINGS = {
     "batch_size": (128, "batch {}"),
     "lr": (1e-4, "lr {:g}"),
     "source_lr": (None, "source lr {:g}"),
+    "lr_schedule": ("constant", "{} lr"),
     "eval_mode": ("round", "eval read: {}"),
 }
 GLIMPSE_ONLY_SETTINGS = {"n_local", "n_global", "source_lr", "eval_mode"}
